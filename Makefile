@@ -1,0 +1,55 @@
+# attnblocks — set-up and everyday commands. Every target creates .venv when it is missing.
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+# Torch wheels known to work; override e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: help install demo quickstart test test-all lint format bench wheel clean
+
+help:
+	@echo "make demo      set up .venv and train ARL-CNN on the embedded synthetic ISIC 2017 data"
+	@echo "make test      set up .venv and run the fast test suite (lint included)"
+	@echo "make test-all  also run the slow tests (compile, end-to-end training)"
+	@echo "make bench     quick profiles of the benchmarks (CPU)"
+	@echo "make wheel     build the wheel into dist/"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[examples,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) examples/isic2017_arl.py
+
+quickstart: install
+	$(PY) examples/quickstart.py
+
+lint: install
+	$(PY) -m ruff check attnblocks examples benchmarks tests
+	$(PY) -m ruff format --check attnblocks examples benchmarks tests
+
+format: install
+	$(PY) -m ruff format attnblocks examples benchmarks tests
+	$(PY) -m ruff check --fix attnblocks examples benchmarks tests
+
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m benchmarks.memory --quick
+	$(PY) -m benchmarks.models --device cpu --quick
+	$(PY) -m benchmarks.blocks --device cpu --quick
+
+wheel: install
+	$(PY) -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

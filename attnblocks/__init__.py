@@ -1,0 +1,15 @@
+"""attnblocks: attention modules that plug into any backbone.
+
+ARL (attention residual learning), grid attention gates (AttnMel), attention regularizers, focal
+losses and CARE, with the tools to record and look at the attention they produce.
+"""
+
+from .recorder import attention_taps, record_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "attention_taps",
+    "record_attention",
+]

@@ -1,0 +1,1 @@
+"""Training recipes built on attnblocks (importable from the repository root)."""
