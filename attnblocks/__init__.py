@@ -4,6 +4,17 @@ ARL (attention residual learning), grid attention gates (AttnMel), attention reg
 losses and CARE, with the tools to record and look at the attention they produce.
 """
 
+from .arl import (
+    ARLBlock,
+    ARLWrapper,
+    ConversionReport,
+    convert_block,
+    is_arl_block,
+    list_arl_block_types,
+    register_arl_block,
+)
+from .checkpoint import LoadReport, load_checkpoint, read_state_dict
+from .models import arl_cnn14, arl_cnn50, resnet14
 from .normalize import get_normalization, list_normalizations, register_normalization
 from .recorder import attention_taps, record_attention
 
@@ -11,6 +22,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "ARLBlock",
+    "ARLWrapper",
+    "ConversionReport",
+    "LoadReport",
+    "arl_cnn14",
+    "arl_cnn50",
+    "convert_block",
+    "is_arl_block",
+    "list_arl_block_types",
+    "load_checkpoint",
+    "read_state_dict",
+    "register_arl_block",
+    "resnet14",
     "attention_taps",
     "get_normalization",
     "list_normalizations",

@@ -1,0 +1,401 @@
+"""Attention residual learning (ARL; Zhang, Xie, Xia, Shen, IEEE TMI 2019) for any residual network.
+
+An ARL block adds to a residual block ``y = act(s + F)`` an attention term built from the block's own
+residual features, at the cost of one scalar parameter:
+
+    y = act( s + drop_path( F + alpha * N(F) * s ) )
+
+``F`` is the residual branch after its last norm (and SE/attention, if any), ``s`` the shortcut
+(``downsample(x)`` in strided or widening blocks), ``N`` an attention normalization
+(:mod:`attnblocks.normalize`) and ``alpha`` a learnable scale gate. With ``alpha = 0`` the block computes
+exactly what the plain block computes, so a converted network starts where the source network was.
+
+:class:`ARLWrapper` converts a model *in its own structure*: every recognised block keeps its class (an
+``ARL`` subclass of it), its submodules and their names, and gains an ``alpha`` parameter and an
+``attn_map`` tap. State-dict keys therefore stay the source's, plus one ``<block>.alpha`` per block, and
+timm's model API (``forward_features``, ``forward_head``, ``reset_classifier``, ``pretrained_cfg``,
+``features_only`` models) keeps working.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import merge
+from .normalize import NormalizationFn, get_normalization
+
+__all__ = [
+    "ARLBlock",
+    "ARLWrapper",
+    "ConversionReport",
+    "convert_block",
+    "is_arl_block",
+    "list_arl_block_types",
+    "register_arl_block",
+]
+
+ResidualFn = Callable[[nn.Module, Tensor], Tensor]
+
+
+# --- the residual branch F of each supported block family -------------------------------------------
+
+
+def _timm_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
+    x = b.act1(b.bn1(b.conv1(x)))
+    x = b.aa(b.act2(b.drop_block(b.bn2(b.conv2(x)))))
+    x = b.bn3(b.conv3(x))
+    return x if b.se is None else b.se(x)
+
+
+def _timm_basic_branch(b: Any, x: Tensor) -> Tensor:
+    x = b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x)))))
+    x = b.bn2(b.conv2(x))
+    return x if b.se is None else b.se(x)
+
+
+def _tv_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
+    x = b.relu(b.bn1(b.conv1(x)))
+    x = b.relu(b.bn2(b.conv2(x)))
+    return b.bn3(b.conv3(x))
+
+
+def _tv_basic_branch(b: Any, x: Tensor) -> Tensor:
+    x = b.relu(b.bn1(b.conv1(x)))
+    return b.bn2(b.conv2(x))
+
+
+@dataclass(frozen=True)
+class _BlockSpec:
+    residual: ResidualFn
+    act: str
+    drop_path: str | None
+
+
+_BLOCK_SPECS: dict[type, _BlockSpec] = {}
+
+
+def register_arl_block(
+    block_cls: type[nn.Module],
+    residual: ResidualFn,
+    *,
+    act: str,
+    drop_path: str | None = None,
+    downsample: str = "downsample",
+) -> None:
+    """Teach :class:`ARLWrapper` a residual block type.
+
+    Args:
+        block_cls: the block class (matched exactly, not by ``isinstance``, so that a subclass with a
+            different ``forward`` is never converted with the wrong equations).
+        residual: ``residual(block, x) -> F``, the residual branch up to the last norm (and SE).
+        act: attribute name of the block's output activation.
+        drop_path: attribute name of its stochastic-depth module, if it has one.
+        downsample: attribute name of its shortcut projection (``None`` at run time = identity).
+    """
+    if not (isinstance(block_cls, type) and issubclass(block_cls, nn.Module)):
+        raise TypeError(f"block_cls must be an nn.Module subclass, got {block_cls!r}")
+    if downsample != "downsample":
+        raise ValueError(
+            f"only blocks whose shortcut projection is `downsample` are supported, got {downsample!r}"
+        )
+    _BLOCK_SPECS[block_cls] = _BlockSpec(residual, act, drop_path)
+
+
+def list_arl_block_types() -> list[str]:
+    """Qualified names of the block types that :class:`ARLWrapper` converts."""
+    return sorted(f"{c.__module__}.{c.__qualname__}" for c in _BLOCK_SPECS)
+
+
+def _register_builtin_blocks() -> None:
+    import timm.models.resnet as timm_resnet
+    import torchvision.models.resnet as tv_resnet
+
+    register_arl_block(
+        timm_resnet.Bottleneck, _timm_bottleneck_branch, act="act3", drop_path="drop_path"
+    )
+    register_arl_block(
+        timm_resnet.BasicBlock, _timm_basic_branch, act="act2", drop_path="drop_path"
+    )
+    register_arl_block(tv_resnet.Bottleneck, _tv_bottleneck_branch, act="relu")
+    register_arl_block(tv_resnet.BasicBlock, _tv_basic_branch, act="relu")
+
+
+_register_builtin_blocks()
+
+
+# --- dynamic subclasses (picklable, deep-copyable) ---------------------------------------------------
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def _subclass(mixin: type, base: type) -> type:
+    key = (mixin, base)
+    if key not in _SUBCLASSES:
+        name = f"ARL{base.__name__}"
+        _SUBCLASSES[key] = type(name, (mixin, base), {"__module__": __name__, "_arl_base": base})
+    return _SUBCLASSES[key]
+
+
+def _new_instance(mixin: type, base: type) -> Any:
+    """Unpickling/deep-copy entry point of the dynamic ARL classes."""
+    return object.__new__(_subclass(mixin, base))
+
+
+class _Rebuildable:
+    _arl_base: type
+
+    def __reduce_ex__(self, protocol: int):  # noqa: D105 - pickling support
+        mixin = next(c for c in type(self).__mro__ if c in (ARLBlock, ARLWrapper))
+        return _new_instance, (mixin, self._arl_base), self.__dict__
+
+
+# --- the block -------------------------------------------------------------------------------------
+
+
+class ARLBlock(_Rebuildable, nn.Module):
+    """Mixin that turns a supported residual block into an ARL block (see the module docstring).
+
+    Not instantiated directly: :func:`convert_block` and :class:`ARLWrapper` give a block the class
+    ``ARL<BlockClass>``, a subclass of both this mixin and its own class. The block gains:
+
+    - ``alpha``: the scale gate, a 0-dim parameter;
+    - ``attn_map``: an ``nn.Identity`` tap through which the mask ``N(F)`` passes;
+    - ``arl_normalization``: the normalization's name (or callable).
+    """
+
+    alpha: nn.Parameter
+    attn_map: nn.Module
+    arl_normalization: str | NormalizationFn
+
+    def forward(self, x: Tensor) -> Tensor:
+        spec = _BLOCK_SPECS[self._arl_base]
+        f = spec.residual(self, x)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        attn = self.attn_map(get_normalization(self.arl_normalization)(f))
+        drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
+        return merge.arl_merge(f, shortcut, self.alpha, attn, getattr(self, spec.act), drop_path)
+
+    def extra_repr(self) -> str:
+        norm = self.arl_normalization
+        name = norm if isinstance(norm, str) else getattr(norm, "__name__", repr(norm))
+        return f"normalization={name!r}"
+
+
+def is_arl_block(module: nn.Module) -> bool:
+    """True if ``module`` is a converted ARL block."""
+    return isinstance(module, ARLBlock)
+
+
+def _check_alpha(alpha_init: float) -> float:
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)):
+        raise TypeError(f"alpha_init must be a real number, got {type(alpha_init).__name__}")
+    if not math.isfinite(alpha_init):
+        raise ValueError(f"alpha_init must be finite, got {alpha_init}")
+    return float(alpha_init)
+
+
+def _convert_block_(
+    block: nn.Module, normalization: str | NormalizationFn, alpha_init: float
+) -> nn.Module:
+    base = type(block)
+    ref = next(iter(block.parameters()), None)
+    factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    block.__class__ = _subclass(ARLBlock, base)
+    block.alpha = nn.Parameter(torch.tensor(alpha_init, **factory))
+    block.attn_map = nn.Identity()
+    block.arl_normalization = normalization
+    return block
+
+
+def convert_block(
+    block: nn.Module,
+    normalization: str | NormalizationFn = "spatial",
+    alpha_init: float = 1e-3,
+    *,
+    inplace: bool = False,
+) -> nn.Module:
+    """Convert one residual block into an ARL block (a copy unless ``inplace``).
+
+    Raises:
+        TypeError: the block type is not supported (see :func:`list_arl_block_types`).
+        ValueError: the block is already an ARL block, an unknown normalization, a non-finite alpha.
+    """
+    if is_arl_block(block):
+        raise ValueError(f"{type(block).__name__} is already an ARL block")
+    if type(block) not in _BLOCK_SPECS:
+        raise TypeError(
+            f"cannot convert {type(block).__name__}: supported block types are {list_arl_block_types()}"
+        )
+    get_normalization(normalization)
+    alpha_init = _check_alpha(alpha_init)
+    block = block if inplace else copy.deepcopy(block)
+    return _convert_block_(block, normalization, alpha_init)
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionReport:
+    """What :class:`ARLWrapper` did to a model."""
+
+    model: str
+    normalization: str
+    alpha_init: float
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    new_keys: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"ARL conversion of {self.model}: {len(self.converted)} blocks converted "
+            f"(normalization={self.normalization!r}, alpha_init={self.alpha_init:g})",
+            f"  converted: {', '.join(self.converted) or '-'}",
+        ]
+        for name, why in self.skipped.items():
+            lines.append(f"  skipped:   {name} ({why})")
+        lines.append(f"  new state-dict keys: {', '.join(self.new_keys) or '-'}")
+        return "\n".join(lines)
+
+
+def _looks_like_block(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return hasattr(module, "downsample") or "block" in name or "bottleneck" in name
+
+
+def _select(
+    candidates: list[tuple[str, nn.Module]],
+    blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None,
+) -> set[str]:
+    names = [n for n, _ in candidates]
+    if blocks is None:
+        return set(names)
+    if callable(blocks):
+        return {n for n, m in candidates if blocks(n, m)}
+    if isinstance(blocks, str):
+        blocks = [blocks]
+    chosen: set[str] = set()
+    for pattern in blocks:
+        hits = [n for n in names if n == pattern or n.startswith(pattern + ".")]
+        if not hits:
+            raise ValueError(
+                f"blocks: {pattern!r} matches no convertible block; candidates: {names}"
+            )
+        chosen.update(hits)
+    return chosen
+
+
+class ARLWrapper(_Rebuildable, nn.Module):
+    """Convert a residual network into an ARL network, keeping every weight.
+
+    ``ARLWrapper(model)`` returns the converted model: a copy of ``model`` (or ``model`` itself with
+    ``inplace=True``) whose class is ``ARL<ModelClass>``, a subclass of both this class and the model's
+    own class. It computes what the source model computes, through the same ``forward`` and timm API,
+    with every recognised residual block turned into an ARL block.
+
+    Args:
+        model: a timm or torchvision ResNet-family model (ResNet, ResNeXt, wide, SE/ECA, d/s/t stems,
+            blur/aa variants, ``features_only`` models), or any model built from registered blocks
+            (:func:`register_arl_block`).
+        normalization: ``"spatial"`` (paper default), ``"channel"``, ``"sigmoid"``, a registered name or
+            a callable.
+        alpha_init: initial value of every block's scale gate (paper: 1e-3; 0 reproduces the source).
+        blocks: which blocks to convert: ``None`` (all), block names or prefixes (``"layer4"``,
+            ``"layer3.5"``), or a predicate ``(name, module) -> bool``.
+        inplace: convert ``model`` itself instead of a deep copy.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or has no convertible block.
+        ValueError: ``model`` is already converted, unknown normalization, non-finite ``alpha_init``,
+            or a ``blocks`` entry that matches no block.
+
+    Example:
+        >>> import timm, torch, attnblocks as ab
+        >>> m = ab.ARLWrapper(timm.create_model("resnet18", num_classes=2))
+        >>> sorted(m.alphas())[:2]
+        ['layer1.0', 'layer1.1']
+    """
+
+    conversion_report: ConversionReport
+
+    def __new__(
+        cls,
+        model: nn.Module,
+        normalization: str | NormalizationFn = "spatial",
+        alpha_init: float = 1e-3,
+        blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
+        *,
+        inplace: bool = False,
+    ) -> ARLWrapper:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ARLWrapper expects an nn.Module, got {type(model).__name__}")
+        if isinstance(model, ARLWrapper) or any(is_arl_block(m) for m in model.modules()):
+            raise ValueError(
+                f"{type(model).__name__} already contains ARL blocks; converting twice is not supported"
+                " (call .unwrap() first to get the plain model back)"
+            )
+        get_normalization(normalization)
+        alpha_init = _check_alpha(alpha_init)
+
+        candidates = [(n, m) for n, m in model.named_modules() if type(m) in _BLOCK_SPECS]
+        if not candidates:
+            found = sorted(
+                {type(m).__name__ for m in model.modules() if any(True for _ in m.children())}
+                - {"Sequential", "ModuleList", "ModuleDict", type(model).__name__}
+            )
+            raise TypeError(
+                f"{type(model).__name__} has no residual block that ARL can convert; it contains "
+                f"{found or 'no composite module'}; supported block types: {list_arl_block_types()}"
+            )
+        chosen = _select(candidates, blocks)
+
+        model = model if inplace else copy.deepcopy(model)
+        norm_name = (
+            normalization
+            if isinstance(normalization, str)
+            else getattr(normalization, "__name__", repr(normalization))
+        )
+        report = ConversionReport(type(model).__name__, norm_name, alpha_init)
+        for name, module in model.named_modules():
+            if type(module) in _BLOCK_SPECS:
+                if name in chosen:
+                    _convert_block_(module, normalization, alpha_init)
+                    report.converted.append(name)
+                    report.new_keys.append(f"{name}.alpha")
+                else:
+                    report.skipped[name] = "not selected"
+            elif _looks_like_block(module) and not is_arl_block(module) and module is not model:
+                report.skipped[name] = f"unsupported block type {type(module).__name__}"
+        model.__class__ = _subclass(ARLWrapper, type(model))
+        model.conversion_report = report
+        return model  # type: ignore[return-value]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Everything happens in __new__; the source model is already initialised.
+        pass
+
+    def arl_blocks(self) -> dict[str, nn.Module]:
+        """The converted blocks by name."""
+        return {n: m for n, m in self.named_modules() if is_arl_block(m)}
+
+    def alphas(self) -> dict[str, Tensor]:
+        """Current scale gates by block name (detached copies)."""
+        return {n: m.alpha.detach().clone() for n, m in self.arl_blocks().items()}
+
+    def unwrap(self) -> nn.Module:
+        """A plain copy of the source architecture, with the current weights (alphas dropped)."""
+        plain = copy.deepcopy(self)
+        for module in plain.modules():
+            if is_arl_block(module):
+                del module.alpha, module.attn_map, module.arl_normalization
+                module.__class__ = module._arl_base
+        plain.__dict__.pop("conversion_report", None)
+        plain.__class__ = self._arl_base
+        return plain
