@@ -13,7 +13,17 @@ from .arl import (
     list_arl_block_types,
     register_arl_block,
 )
+from .boxes import (
+    box_to_inner_outer,
+    boxes_from_masks,
+    boxes_from_saliency,
+    list_outer_weightings,
+    list_saliency_methods,
+    spectral_residual_saliency,
+)
+from .care import CARE, CAREAttentionLoss, CAREOutput, care_attention_loss
 from .checkpoint import LoadReport, load_checkpoint, read_state_dict
+from .gradcam import grad_cam, grad_cam_from_activation
 from .models import arl_cnn14, arl_cnn50, resnet14
 from .normalize import get_normalization, list_normalizations, register_normalization
 from .recorder import attention_taps, record_attention
@@ -40,4 +50,16 @@ __all__ = [
     "list_normalizations",
     "register_normalization",
     "record_attention",
+    "CARE",
+    "CAREAttentionLoss",
+    "CAREOutput",
+    "box_to_inner_outer",
+    "boxes_from_masks",
+    "boxes_from_saliency",
+    "care_attention_loss",
+    "grad_cam",
+    "grad_cam_from_activation",
+    "list_outer_weightings",
+    "list_saliency_methods",
+    "spectral_residual_saliency",
 ]
