@@ -13,6 +13,7 @@ from .arl import (
     list_arl_block_types,
     register_arl_block,
 )
+from .backbones import convert_state_dict, load_backbone_weights
 from .boxes import (
     box_to_inner_outer,
     boxes_from_masks,
@@ -21,9 +22,19 @@ from .boxes import (
     list_saliency_methods,
     spectral_residual_saliency,
 )
+from .cam import class_activation_map, minmax_maps, overlay_maps, upsample_maps
 from .care import CARE, CAREAttentionLoss, CAREOutput, care_attention_loss
 from .checkpoint import LoadReport, load_checkpoint, read_state_dict
+from .gated import AttentionGatedNet, attnmel_vgg16, list_gated_heads
 from .gradcam import grad_cam, grad_cam_from_activation
+from .grid import GridAttentionGate, list_gate_normalizations
+from .losses import (
+    DiceAttentionRegularizer,
+    FocalLoss,
+    focal_loss,
+    sigmoid_focal_loss,
+    soft_dice,
+)
 from .models import arl_cnn14, arl_cnn50, resnet14
 from .normalize import get_normalization, list_normalizations, register_normalization
 from .recorder import attention_taps, record_attention
@@ -32,6 +43,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "AttentionGatedNet",
+    "DiceAttentionRegularizer",
+    "FocalLoss",
+    "GridAttentionGate",
+    "attnmel_vgg16",
+    "class_activation_map",
+    "convert_state_dict",
+    "focal_loss",
+    "list_gate_normalizations",
+    "list_gated_heads",
+    "load_backbone_weights",
+    "minmax_maps",
+    "overlay_maps",
+    "sigmoid_focal_loss",
+    "soft_dice",
+    "upsample_maps",
     "ARLBlock",
     "ARLWrapper",
     "ConversionReport",
