@@ -1,0 +1,87 @@
+"""ISIC pipeline pieces: datasets, resized-image cache, the papers' transforms, samplers, synthetic
+data and metrics (importable from the repository root: ``from examples.isic import ...``).
+
+- ``data``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`.
+- ``splits``: the lesion-grouped stratified split of ISIC 2018.
+- ``cache``: :class:`ResizedImageCache` (JPEG draft-mode decode, atomic, invalidating).
+- ``transforms``: ARL patch sampling / 9 test views, AttnMel transforms, gray world, mean/std.
+- ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
+- ``synthetic``: :func:`make_synthetic_isic2017`, :func:`default_synthetic_root`.
+- ``metrics``: binary / ISIC 2017 / multi-class metrics, attention Jaccard, prediction CSVs.
+"""
+
+from .cache import ImageReadError, ResizedImageCache, load_image, load_mask
+from .data import ISIC2017_TASKS, ISIC2016Dataset, ISIC2017Dataset, ISIC2018Dataset, ISICDataset
+from .metrics import (
+    attention_jaccard,
+    binary_metrics,
+    isic2017_metrics,
+    isic2017_scores_from_3class,
+    multiclass_metrics,
+    write_predictions_csv,
+)
+from .sampling import (
+    OversamplingSampler,
+    WeightedSampler,
+    class_balanced_weights,
+    oversample_indices,
+)
+from .splits import get_or_make_split, lesion_split, read_lesion_groups
+from .synthetic import default_synthetic_root, make_synthetic_isic2017
+from .transforms import (
+    ARL_SCALES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CentralPatchCrop,
+    CentralSquareCrop,
+    GrayWorld,
+    NineViews,
+    RandomRot90,
+    arl_test_transform,
+    arl_train_transform,
+    attnmel_eval_transform,
+    attnmel_train_transform,
+    compute_mean_std,
+    gray_world,
+)
+
+__all__ = [
+    "ARL_SCALES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ISIC2016Dataset",
+    "ISIC2017Dataset",
+    "ISIC2017_TASKS",
+    "ISIC2018Dataset",
+    "ISICDataset",
+    "CentralPatchCrop",
+    "CentralSquareCrop",
+    "GrayWorld",
+    "ImageReadError",
+    "NineViews",
+    "OversamplingSampler",
+    "RandomRot90",
+    "ResizedImageCache",
+    "WeightedSampler",
+    "arl_test_transform",
+    "arl_train_transform",
+    "attention_jaccard",
+    "attnmel_eval_transform",
+    "attnmel_train_transform",
+    "binary_metrics",
+    "class_balanced_weights",
+    "compute_mean_std",
+    "default_synthetic_root",
+    "get_or_make_split",
+    "gray_world",
+    "isic2017_metrics",
+    "isic2017_scores_from_3class",
+    "lesion_split",
+    "load_image",
+    "load_mask",
+    "make_synthetic_isic2017",
+    "multiclass_metrics",
+    "oversample_indices",
+    "read_lesion_groups",
+    "write_predictions_csv",
+]

@@ -1,0 +1,169 @@
+"""Seeded, lesion-grouped, stratified train/val/test splits (ISIC 2018 has no official val split).
+
+HAM10000 holds several images of one lesion (``lesion_id`` in ``HAM10000_metadata.csv``); a split
+by image leaks lesions between train and test. :func:`lesion_split` splits *lesions*, stratified by
+class, with scikit-learn's ``StratifiedGroupKFold``: the test split is one of ``round(1 /
+test_fraction)`` folds, the validation split one of ``round((1 - test_fraction) / val_fraction)``
+folds of the rest, so fractions are met to within a fold's granularity.
+
+    >>> assignment = lesion_split(ids, labels, lesion_ids, seed=0)   # doctest: +SKIP
+    >>> assignment["ISIC_0024306"]
+    'train'
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SPLITS", "get_or_make_split", "lesion_split", "read_lesion_groups"]
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def read_lesion_groups(root: str | os.PathLike, ids: Sequence[str]) -> dict[str, str]:
+    """``{image id: lesion id}`` from ``HAM10000_metadata.csv`` or the 2018 LesionGroupings CSV.
+
+    Images the file does not list (or all, when neither file exists, with a warning) form a group
+    of their own.
+    """
+    root = Path(root)
+    candidates = [
+        (root / "HAM10000_metadata.csv", "image_id"),
+        (
+            root / "ISIC2018_Task3_Training_GroundTruth"
+            / "ISIC2018_Task3_Training_LesionGroupings.csv",
+            "image",
+        ),
+    ]  # fmt: skip
+    groups: dict[str, str] = {}
+    for path, id_col in candidates:
+        if not path.is_file():
+            continue
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            if id_col not in fields or "lesion_id" not in fields:
+                raise ValueError(
+                    f"{path} has columns {fields}; expected {id_col!r} and 'lesion_id'"
+                )
+            groups = {row[id_col].strip(): row["lesion_id"].strip() for row in reader}
+        break
+    else:
+        log.warning(
+            "no lesion grouping file under %s (HAM10000_metadata.csv): splitting by image", root
+        )
+    return {i: groups.get(i) or i for i in ids}
+
+
+def lesion_split(
+    ids: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    lesion_ids: Sequence[str],
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> dict[str, str]:
+    """Assign each image id to ``"train"``, ``"val"`` or ``"test"``, grouped by lesion.
+
+    Args:
+        ids: image ids ``(N,)``.
+        labels: integer class per image ``(N,)`` (stratification target).
+        lesion_ids: lesion of each image ``(N,)``; images of one lesion share a split.
+        seed: shuffling seed; the same inputs and seed give the same split.
+        val_fraction, test_fraction: approximate fractions of images (0 disables the split).
+    """
+    labels = np.asarray(labels)
+    n = len(ids)
+    if not (len(labels) == len(lesion_ids) == n):
+        raise ValueError(
+            f"ids, labels and lesion_ids must have one entry per image, got {n}, {len(labels)}, "
+            f"{len(lesion_ids)}"
+        )
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {frac}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
+    groups = np.asarray(lesion_ids)
+    names, group_index = np.unique(groups, return_inverse=True)
+    assignment = np.full(n, "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    totals = {c: int((labels == c).sum()) for c in classes}
+    taken = {c: {"test": 0, "val": 0} for c in classes}
+    targets = {"test": test_fraction, "val": val_fraction}
+    by_group = np.split(
+        np.argsort(group_index, kind="stable"), np.cumsum(np.bincount(group_index))[:-1]
+    )
+    for g in rng.permutation(len(names)):
+        members = by_group[g]
+        values, counts = np.unique(labels[members], return_counts=True)
+        c, size = values[counts.argmax()], len(members)  # a lesion's (majority) class
+        for name in ("test", "val"):
+            target = targets[name] * totals[c]
+            if abs(taken[c][name] + size - target) < abs(taken[c][name] - target):
+                taken[c][name] += size
+                assignment[members] = name
+                break
+    return dict(zip(ids, assignment.tolist(), strict=True))
+
+
+def get_or_make_split(
+    ids: Sequence[str],
+    labels: np.ndarray,
+    lesion_ids: Sequence[str],
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    split_file: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """The split from ``split_file`` when it exists, else :func:`lesion_split` (saved there).
+
+    The file is JSON ``{"seed", "val_fraction", "test_fraction", "assignment": {id: split}}``,
+    written atomically; it must not lie inside ``data_root``. A file that misses some ids raises
+    ``ValueError``.
+    """
+    if split_file is not None:
+        split_file = Path(split_file).expanduser()
+        if data_root is not None:
+            root = Path(data_root).resolve()
+            if root in split_file.resolve().parents:
+                raise ValueError(f"split_file {split_file} lies inside the data folder {root}")
+        if split_file.is_file():
+            assignment = json.loads(split_file.read_text())["assignment"]
+            missing = [i for i in ids if i not in assignment]
+            if missing:
+                raise ValueError(
+                    f"split file {split_file} misses {len(missing)} image ids "
+                    f"(first: {', '.join(missing[:5])}); delete it to recompute"
+                )
+            bad = sorted({v for v in assignment.values() if v not in SPLITS})
+            if bad:
+                raise ValueError(f"split file {split_file} has unknown split names {bad}")
+            return assignment
+    assignment = lesion_split(ids, labels, lesion_ids, seed, val_fraction, test_fraction)
+    if split_file is not None:
+        payload = {
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "assignment": assignment,
+        }
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=split_file.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=True)
+        os.replace(tmp, split_file)
+    return assignment
