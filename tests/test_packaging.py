@@ -1,0 +1,92 @@
+"""The wheel holds the attnblocks package only, and installs and imports in a fresh venv."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(out),
+        str(ROOT),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wheels = list(out.glob("attnblocks-0.1.0-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def test_wheel_contents(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"attnblocks", "attnblocks-0.1.0.dist-info"}, top
+    assert "attnblocks/py.typed" in names and "attnblocks/arl.py" in names
+    metadata = zipfile.ZipFile(wheel).read("attnblocks-0.1.0.dist-info/METADATA").decode()
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert {r.split()[1].split(">")[0].split("=")[0] for r in core} == {
+        "torch",
+        "torchvision",
+        "timm",
+        "numpy",
+        "einops",
+    }
+    assert not any("==" in r.split(";")[0] for r in requires), "dependencies are ranges, not pins"
+    assert "Requires-Python: >=3.10" in metadata
+
+
+def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "fresh"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(py),
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+    ]
+    subprocess.run([*pip, str(wheel)], check=True, capture_output=True, text=True)
+    # torch & co. are not re-installed (gigabytes): the fresh venv sees this environment's copies,
+    # after its own site-packages, so attnblocks itself must come from the wheel.
+    fresh_site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(fresh_site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    code = (
+        "import attnblocks as ab, timm, torch;"
+        "m = ab.ARLWrapper(timm.create_model('resnet18', num_classes=2), alpha_init=0.0);"
+        "print(ab.__file__); print(len(m.alphas())); print(ab.__version__)"
+    )
+    out = subprocess.run(
+        [str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    file, n_alphas, version = out.stdout.split()
+    assert file.startswith(fresh_site), f"imported {file}, not the wheel in {fresh_site}"
+    assert n_alphas == "8" and version == "0.1.0"
