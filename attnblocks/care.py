@@ -69,17 +69,18 @@ def care_attention_loss(
             or ``"none"`` for the ``(N,)`` per-image terms (zero where not valid).
 
     Returns:
-        A scalar (``"sum"``/``"mean"``) or ``(N,)`` float32 tensor.
+        A scalar (``"sum"``/``"mean"``) or ``(N,)`` tensor, float32 (float64 for float64 maps).
     """
     _check_maps(cam, inner, outer)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    cam = cam.float()
-    inside = (cam * inner.float()).sum(dim=(1, 2, 3))
-    outside = (cam * outer.float()).sum(dim=(1, 2, 3))
+    dtype = torch.promote_types(cam.dtype, torch.float32)
+    cam = cam.to(dtype)
+    inside = (cam * inner.to(dtype)).sum(dim=(1, 2, 3))
+    outside = (cam * outer.to(dtype)).sum(dim=(1, 2, 3))
     per_image = -torch.clamp(inside, max=tau) + outside
     if valid is not None:
-        weight = torch.as_tensor(valid, device=cam.device).float().view(-1)
+        weight = torch.as_tensor(valid, device=cam.device).to(dtype).view(-1)
         if weight.numel() != cam.shape[0]:
             raise ValueError(f"valid must hold one flag per image ({cam.shape[0]}), got {weight}")
         per_image = per_image * weight

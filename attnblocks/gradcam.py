@@ -156,7 +156,8 @@ def grad_cam_from_activation(
             the weights through batch-statistics layers between the target layer and the logits.
 
     Returns:
-        ``(N, 1, H, W)`` float32 maps, differentiable w.r.t. the activation.
+        ``(N, 1, H, W)`` maps in float32 (float64 for a float64 activation), differentiable w.r.t.
+        the activation.
     """
     if logits.dim() != 2 or logits.shape[0] != activation.shape[0]:
         raise ValueError(
@@ -180,8 +181,9 @@ def grad_cam_from_activation(
     (grad,) = torch.autograd.grad(
         score, activation, retain_graph=retain_graph, create_graph=not detach_weights
     )
-    weights = grad.float().mean(dim=(2, 3), keepdim=True)
-    cam = (weights * activation.float()).sum(dim=1, keepdim=True)
+    dtype = torch.promote_types(activation.dtype, torch.float32)  # fp32 under autocast, or fp64
+    weights = grad.to(dtype).mean(dim=(2, 3), keepdim=True)
+    cam = (weights * activation.to(dtype)).sum(dim=1, keepdim=True)
     if relu:
         cam = F.relu(cam)
     if size is not None and tuple(cam.shape[-2:]) != tuple(size):
@@ -232,7 +234,8 @@ def grad_cam(
         upsample: upsample the map to the input size ``(H, W)`` (default).
 
     Returns:
-        ``GradCAMOutput(cam, logits)``: ``cam`` is ``(N, 1, H, W)`` float32 in [0, 1].
+        ``GradCAMOutput(cam, logits)``: ``cam`` is ``(N, 1, H, W)`` in [0, 1], float32 (float64
+        for a float64 model).
 
     Example:
         >>> import timm, torch
@@ -245,20 +248,21 @@ def grad_cam(
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
     _, layer = resolve_layer(model, target_layer)
-    with torch.enable_grad(), capture_activation(layer) as store:
-        logits = model(images)
-    if not store:
-        raise ValueError(f"target layer {target_layer!r} was not used in the forward pass")
-    if targets is None:
-        targets = logits.argmax(dim=1)
-    size = tuple(images.shape[-2:]) if upsample else None
-    cam = grad_cam_from_activation(
-        logits,
-        store[0],
-        targets,
-        size,
-        detach_weights=detach_weights,
-        relu=relu,
-        normalize=normalize,
-    )
+    with torch.enable_grad():
+        with capture_activation(layer) as store:
+            logits = model(images)
+        if not store:
+            raise ValueError(f"target layer {target_layer!r} was not used in the forward pass")
+        if targets is None:
+            targets = logits.argmax(dim=1)
+        size = tuple(images.shape[-2:]) if upsample else None
+        cam = grad_cam_from_activation(
+            logits,
+            store[0],
+            targets,
+            size,
+            detach_weights=detach_weights,
+            relu=relu,
+            normalize=normalize,
+        )
     return GradCAMOutput(cam, logits)
