@@ -1,0 +1,229 @@
+"""The command-line interface every example script shares.
+
+Flags (DESIGN.md, "The example scripts' common interface")::
+
+    --data-root DIR  --out DIR  --epochs N  --batch-size N  --image-size N  --workers N  --seed N
+    --lr X  --device auto|cpu|cuda  --amp none|bf16|fp16  --channels-last  --compile  --resume
+    --quick
+
+Hyper-parameter flags default to ``None`` in the parser and are resolved afterwards by
+:func:`resolve_profile`: a value given on the command line wins, then the quick profile (``--quick``
+or no ``--data-root``), then the paper's value. ``OUT/config.json`` records the result together
+with the library versions and the git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import AMP_DTYPES
+
+__all__ = [
+    "add_common_args",
+    "default_out_dir",
+    "environment_info",
+    "prepare_out_dir",
+    "resolve_device",
+    "resolve_profile",
+    "run_cli",
+    "save_config",
+    "write_json",
+]
+
+PROFILE_KEYS = ("epochs", "batch_size", "image_size", "lr")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def add_common_args(parser: argparse.ArgumentParser, paper: Mapping[str, Any]) -> None:
+    """Add the common flags; ``paper`` gives the defaults shown in ``--help`` (epochs, lr, ...)."""
+    g = parser.add_argument_group("common")
+    g.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="official ISIC layout; absent: the synthetic default (generated once)",
+    )
+    g.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: runs/<script>-<timestamp>)"
+    )
+    g.add_argument("--epochs", type=int, default=None, help=f"default {paper['epochs']}")
+    g.add_argument("--batch-size", type=int, default=None, help=f"default {paper['batch_size']}")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"network input size in pixels (default {paper['image_size']})",
+    )
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, sampling, augmentation")
+    g.add_argument(
+        "--lr", type=float, default=None, help=f"initial learning rate (default {paper['lr']})"
+    )
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument(
+        "--amp",
+        choices=list(AMP_DTYPES),
+        default="none",
+        help="autocast dtype: bf16 on CPU or CUDA, fp16 on CUDA only",
+    )
+    g.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help="a minutes-long smoke profile (few images, small input, 1-2 epochs)",
+    )
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no tqdm bars (logs only)"
+    )
+
+
+def resolve_profile(
+    args: argparse.Namespace, paper: Mapping[str, Any], quick: Mapping[str, Any], use_quick: bool
+) -> argparse.Namespace:
+    """Fill every ``None`` attribute of ``args`` named in ``paper`` or ``quick``.
+
+    Order of precedence: the command line, then ``quick`` (when ``use_quick``), then ``paper``.
+    """
+    for key in dict(paper) | dict(quick):
+        if getattr(args, key, None) is None:
+            source = quick if use_quick and key in quick else paper
+            setattr(args, key, source.get(key))
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: no CUDA device is available to this PyTorch "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """``fp16`` autocast is for CUDA; on CPU only ``bf16`` (or ``none``) is accepted."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"--amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
+
+
+def default_out_dir(script: str) -> Path:
+    """``runs/<script>-<YYYYmmdd-HHMMSS>`` under the current folder."""
+    return Path("runs") / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_out_dir(out: Path, resume: bool, data_root: Path | None = None) -> Path:
+    """Create and check the run folder before anything is trained.
+
+    Raises ``ValueError`` when it cannot be created or written, when it lies inside the data folder,
+    when ``resume`` is set but it holds no ``checkpoints/last.pt``, or when it already holds a run
+    and ``resume`` is not set.
+    """
+    out = Path(out).expanduser().resolve()
+    if data_root is not None:
+        root = Path(data_root).expanduser().resolve()
+        if out == root or root in out.parents:
+            raise ValueError(f"--out {out} lies inside --data-root {root}; runs never write there")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not a writable folder: {exc.strerror or exc}") from exc
+    last = out / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise ValueError(f"--resume: no checkpoint at {last}; start without --resume")
+    if not resume and last.is_file():
+        raise ValueError(
+            f"--out {out} already holds a run ({last}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions of python and the libraries a run depends on, the host and the git commit."""
+    import numpy
+    import timm
+    import torchvision
+
+    import attnblocks
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "attnblocks": attnblocks.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_config(out: Path, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """Write ``OUT/config.json``: every resolved setting, ``extra`` and :func:`environment_info`."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {"settings": settings, **extra, "environment": environment_info()}
+    write_json(Path(out) / "config.json", config)
+    return config
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run ``main(argv)``; a ``ValueError`` (bad input) prints ``error: ...`` and exits with 2."""
+    try:
+        main(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,495 @@
+"""Training and evaluation loops shared by every ISIC example script.
+
+The engine knows nothing about ISIC: it trains ``model`` with ``loss_fn(batch, output, model)``,
+an optimizer and an optional epoch scheduler, scores the validation set with ``metric_fn(probs,
+targets)`` and keeps the best checkpoint by ``monitor``. An extra training-time loss (a regularizer
+on attention maps, CARE's Grad-CAM term) is simply part of ``loss_fn``.
+
+What it takes care of: AMP (bf16 on CPU; fp16 with a GradScaler or bf16 on CUDA), channels_last,
+``torch.compile``, tqdm progress with loss and throughput, a per-epoch ``log.csv`` and TensorBoard
+events, atomic checkpoints (``last.pt`` every epoch, ``best.pt`` on improvement) holding the model,
+optimizer, scheduler, scaler, epoch, early-stopping state and RNG states, exact resumption, a clear
+stop on a non-finite loss, and DDP under ``torchrun``.
+
+Determinism: every epoch starts by seeding python, numpy and torch from ``(seed, epoch)`` and calling
+``set_epoch`` on the train sampler, so a run resumed from ``last.pt`` replays the same batches and
+augmentations and (on CPU) ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import DistInfo, all_gather_objects, reduce_sum, unshard
+
+__all__ = [
+    "AMP_DTYPES",
+    "NonFiniteLossError",
+    "Predictions",
+    "Trainer",
+    "atomic_save",
+    "autocast",
+    "move_to",
+    "predict",
+    "seed_everything",
+]
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]
+LossFn = Callable[[dict, Any, nn.Module], LossOutput]
+ForwardFn = Callable[[nn.Module, dict], Any]
+MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite; the last good checkpoint is left intact."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; 4-D float tensors optionally NHWC."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.ndim == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(move_to(v, device, channels_last) for v in obj)
+    return obj
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` in ``AMP_DTYPES`` (a no-op context for ``"none"``)."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_forward(model: nn.Module, batch: dict) -> torch.Tensor:
+    """``model(batch["image"])``."""
+    return model(batch["image"])
+
+
+def softmax_probs(output: Any) -> torch.Tensor:
+    """Class probabilities from logits (the first element when the output is a tuple)."""
+    logits = output[0] if isinstance(output, tuple | list) else output
+    return logits.float().softmax(dim=-1)
+
+
+@dataclass
+class Predictions:
+    """Per-sample outputs of :func:`predict`, in dataset order.
+
+    ``probs`` (N, K) float64 class probabilities (averaged over test views when the images came as
+    (N, V, C, H, W)), ``targets`` (N, ...) the batches' ``label``, ``ids`` the batches' ``id``.
+    """
+
+    probs: np.ndarray
+    targets: np.ndarray
+    ids: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    *,
+    forward: ForwardFn = default_forward,
+    to_probs: Callable[[Any], torch.Tensor] = softmax_probs,
+    amp: str = "none",
+    channels_last: bool = False,
+    dist_info: DistInfo | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> Predictions:
+    """Run ``model`` over ``loader`` in eval mode and collect probabilities, targets and ids.
+
+    Images of shape (N, V, C, H, W) are V views of each sample (e.g. the 9 test patches of ARL):
+    they are scored as N*V images and the probabilities averaged over V. Under DDP, give the loader
+    a :class:`~examples.isic.distributed.ShardSampler`; the pieces of every rank are gathered and put
+    back in dataset order, so nothing is counted twice.
+    """
+    from tqdm.auto import tqdm
+
+    info = dist_info or DistInfo()
+    was_training = model.training
+    model.eval()
+    probs, targets, ids = [], [], []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main))
+    for batch in bar:
+        batch = dict(batch)
+        image = batch["image"]
+        views = image.shape[1] if image.ndim == 5 else 1
+        if image.ndim == 5:
+            batch["image"] = image.flatten(0, 1)
+        batch = move_to(batch, device, channels_last)
+        with autocast(device, amp):
+            output = forward(model, batch)
+        p = to_probs(output).float()
+        p = p.reshape(image.shape[0], views, -1).mean(dim=1)
+        probs.extend(p.cpu().double().numpy())
+        targets.extend(torch.as_tensor(batch["label"]).cpu().numpy())
+        ids.extend(str(i) for i in batch.get("id", [""] * image.shape[0]))
+    model.train(was_training)
+    rows = list(zip(probs, targets, ids, strict=True))
+    rows = unshard(all_gather_objects(rows, info)) if info.enabled else rows
+    if not rows:
+        raise ValueError("predict: the loader yielded no samples")
+    p, t, i = zip(*rows, strict=True)
+    return Predictions(np.stack(p), np.stack(t), list(i))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)
+
+
+class Trainer:
+    """Epoch loop with validation, logging, checkpoints, early stopping and resumption.
+
+    Args:
+        model: the network (on any device; moved to ``device``).
+        loss_fn: ``loss_fn(batch, output, model) -> loss`` or ``(loss, {name: part})``; the parts
+            are logged. ``batch`` is the loader's dict on ``device``; ``output`` what ``forward``
+            returned; ``model`` the training model (DDP-wrapped under torchrun).
+        optimizer: built on ``model``'s parameters.
+        out_dir: run folder; writes ``log.csv``, ``tb/`` and ``checkpoints/{last,best}.pt``.
+        device: where to train.
+        scheduler: an epoch-level LR scheduler (``step()`` once per epoch), or None.
+        metric_fn: ``metric_fn(probs, targets) -> {name: value}`` for the validation set.
+        monitor: the key of ``metric_fn``'s output that selects ``best.pt`` (higher is better).
+        forward: ``forward(model, batch) -> output`` (default ``model(batch["image"])``).
+        to_probs: output -> (N, K) probabilities for evaluation (default softmax of the logits).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (fp16 uses a GradScaler, CUDA only).
+        channels_last: train with NHWC model weights and inputs.
+        compile: wrap the training forward in ``torch.compile``.
+        seed: base seed; epoch ``e`` starts from ``seed_everything(seed * 1000 + e)``.
+        patience: stop after this many epochs without improvement of ``monitor`` (None: never).
+        grad_clip: clip the global gradient norm to this value (None: no clipping).
+        epoch_log: ``epoch_log(model) -> {name: value}`` extra columns per epoch (e.g. ARL alphas).
+        run_config: settings stored in every checkpoint; ``resume`` refuses a checkpoint whose
+            values differ on any key not listed in ``resume_ignore``.
+        dist_info: rank/world of this process (see :func:`~examples.isic.distributed.init_distributed`).
+        progress: show tqdm bars (rank 0 only).
+    """
+
+    resume_ignore: frozenset[str] = frozenset(
+        {"epochs", "resume", "out", "workers", "device", "progress", "data_root", "patience"}
+    )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        out_dir: str | os.PathLike,
+        device: torch.device,
+        *,
+        scheduler: Any = None,
+        metric_fn: MetricFn | None = None,
+        monitor: str = "mean_auc",
+        forward: ForwardFn = default_forward,
+        to_probs: Callable[[Any], torch.Tensor] = softmax_probs,
+        amp: str = "none",
+        channels_last: bool = False,
+        compile: bool = False,
+        seed: int = 0,
+        patience: int | None = None,
+        grad_clip: float | None = None,
+        epoch_log: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        dist_info: DistInfo | None = None,
+        progress: bool = True,
+    ) -> None:
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+        if amp == "fp16" and device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
+        self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.dist = dist_info or DistInfo()
+        self.module = model.to(device)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        train_model: nn.Module = self.module
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = (
+                [device.index if device.index is not None else 0] if device.type == "cuda" else None
+            )
+            train_model = DDP(train_model, device_ids=ids)
+        if compile:
+            train_model = torch.compile(train_model)
+        self.model = train_model
+        self.loss_fn, self.optimizer, self.scheduler = loss_fn, optimizer, scheduler
+        self.metric_fn, self.monitor = metric_fn, monitor
+        self.forward, self.to_probs = forward, to_probs
+        self.seed, self.patience, self.grad_clip = seed, patience, grad_clip
+        self.epoch_log = epoch_log
+        self.run_config = dict(run_config or {})
+        self.progress = progress
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.start_epoch = 0
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self._tb = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": _unwrap(self.module).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "run_config": self.run_config,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+
+    def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
+        """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
+        keys = (set(saved) | set(self.run_config)) - self.resume_ignore
+        diff = sorted(k for k in keys if saved.get(k) != self.run_config.get(k))
+        if diff:
+            lines = ", ".join(
+                f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff
+            )
+            raise ValueError(f"--resume: {path} comes from another configuration ({lines})")
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore everything :meth:`state_dict` saved; training continues at the next epoch."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.check_config(state.get("run_config", {}), path)
+        _unwrap(self.module).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def load_best(self) -> int:
+        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch."""
+        path = self.ckpt_dir / "best.pt"
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            _unwrap(self.module).load_state_dict(state["model"])
+            return int(state["epoch"])
+        return self.start_epoch - 1
+
+    # ------------------------------------------------------------------ loops
+    def _loss(self, batch: dict, output: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        result = self.loss_fn(batch, output, self.model)
+        loss, parts = result if isinstance(result, tuple) else (result, {})
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    def train_one_epoch(self, loader: Iterable[dict], epoch: int) -> dict[str, float]:
+        """One pass over ``loader``; returns the sample-weighted mean loss (and parts) and images/s."""
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        totals: dict[str, float] = {}
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not (self.progress and self.dist.is_main),
+        )
+        for step, batch in enumerate(bar):
+            batch = move_to(batch, self.device, self.channels_last)
+            n = batch["image"].shape[0]
+            with autocast(self.device, self.amp):
+                output = self.forward(self.model, batch)
+                loss, parts = self._loss(batch, output)
+            finite = float(torch.isfinite(loss.detach()).all())
+            if self.dist.enabled:
+                finite = reduce_sum([finite], self.dist)[0] / self.dist.world_size
+            if finite < 1:
+                raise NonFiniteLossError(
+                    f"non-finite training loss {loss.item()} at epoch {epoch}, step {step} "
+                    f"(parts: {parts}); stopped without writing a checkpoint - the last good one "
+                    f"is {self.ckpt_dir / 'last.pt'}. Lower --lr or use --amp none."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            seen += n
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + v * n
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
+        keys = sorted(totals)
+        summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist)
+        count = max(summed[-1], 1.0)
+        stats = {f"train_{k}": v / count for k, v in zip(keys, summed[:-1], strict=True)}
+        stats["train_img_s"] = summed[-1] / max(time.perf_counter() - start, 1e-9)
+        return stats
+
+    def evaluate(self, loader: Iterable[dict], desc: str = "val") -> tuple[Predictions, dict]:
+        """Predictions and ``metric_fn`` metrics of the unwrapped model on ``loader``."""
+        preds = predict(
+            self.module,
+            loader,
+            self.device,
+            forward=self.forward,
+            to_probs=self.to_probs,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            dist_info=self.dist,
+            progress=self.progress,
+            desc=desc,
+        )
+        metrics = dict(self.metric_fn(preds.probs, preds.targets)) if self.metric_fn else {}
+        return preds, metrics
+
+    def fit(
+        self,
+        train_loader: Iterable[dict],
+        val_loader: Iterable[dict] | None,
+        epochs: int,
+        *,
+        resume: bool = False,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train up to ``epochs`` epochs (counting those already done when resuming).
+
+        Each epoch: train, validate, step the scheduler, log a row (``log.csv``, TensorBoard),
+        write ``last.pt`` (and ``best.pt`` when ``monitor`` improved), then stop early after
+        ``patience`` epochs without improvement. Returns the history (one dict per epoch).
+        """
+        if resume:
+            self.load_checkpoint(self.ckpt_dir / "last.pt")
+        if self.patience is not None and self.bad_epochs >= self.patience:
+            return self.history
+        for epoch in range(self.start_epoch, epochs):
+            seed_everything(self.seed * 1000 + epoch)
+            sampler = getattr(train_loader, "sampler", None)
+            for obj in (sampler, getattr(train_loader, "batch_sampler", None)):
+                if hasattr(obj, "set_epoch"):
+                    obj.set_epoch(epoch)
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(self.train_one_epoch(train_loader, epoch))
+            if val_loader is not None:
+                _, metrics = self.evaluate(val_loader)
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+            if self.epoch_log is not None:
+                row.update(self.epoch_log(_unwrap(self.module)))
+            if self.scheduler is not None:
+                self.scheduler.step()
+            row["epoch_s"] = time.perf_counter() - t0
+            score = row.get(f"val_{self.monitor}", -math.inf if val_loader is not None else epoch)
+            improved = score is not None and not math.isnan(score) and score > self.best_metric
+            if improved:
+                self.best_metric, self.best_epoch, self.bad_epochs = float(score), epoch, 0
+            else:
+                self.bad_epochs += 1
+            row["best"] = improved
+            self.history.append(row)
+            if self.dist.is_main:
+                self._log(row)
+                state = self.state_dict(epoch)
+                atomic_save(state, self.ckpt_dir / "last.pt")
+                if improved:
+                    atomic_save(state, self.ckpt_dir / "best.pt")
+            self.dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+            if self.patience is not None and self.bad_epochs >= self.patience:
+                break
+        if self._tb is not None:
+            self._tb.flush()
+        return self.history
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Rewrite ``log.csv`` (atomically) with every epoch so far, and add TensorBoard scalars."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        columns: list[str] = []
+        for r in self.history:
+            columns += [k for k in r if k not in columns]
+        tmp = self.out_dir / f".log.csv.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, self.out_dir / "log.csv")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool):
+                self._tb.add_scalar(k, v, row["epoch"])
+        self._tb.flush()

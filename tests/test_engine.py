@@ -1,0 +1,300 @@
+"""The shared training engine, CLI helpers and distributed helpers, on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from examples.isic import cli
+from examples.isic.distributed import DistInfo, ShardSampler, unshard
+from examples.isic.engine import (
+    NonFiniteLossError,
+    Trainer,
+    atomic_save,
+    autocast,
+    move_to,
+    predict,
+    seed_everything,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Blobs(Dataset):
+    """Two Gaussian blobs as 3x8x8 'images' (class 1 brighter), with a random flip augmentation."""
+
+    def __init__(self, n: int = 48, seed: int = 0, views: int = 0, flip: bool = True) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        self.images = torch.randn(n, 3, 8, 8, generator=g) + self.labels[:, None, None, None]
+        self.views, self.flip = views, flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.images[i]
+        if (
+            self.flip and torch.rand(()) < 0.5
+        ):  # global RNG: replayed by the engine's per-epoch seeding
+            x = x.flip(-1)
+        if self.views:
+            x = torch.stack([x * (1 + 0.1 * v) for v in range(self.views)])
+        return {"image": x, "label": self.labels[i], "id": f"img{i:03d}"}
+
+
+def tiny_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+
+
+def ce_loss(batch: dict, output: torch.Tensor, model: nn.Module):
+    loss = nn.functional.cross_entropy(output.float(), batch["label"])
+    return loss, {"ce": loss.detach()}
+
+
+def accuracy(probs: np.ndarray, targets: np.ndarray) -> dict:
+    return {"acc": float((probs.argmax(1) == targets).mean())}
+
+
+def make_trainer(out: Path, *, seed: int = 0, loss_fn=ce_loss, **kw) -> Trainer:
+    torch.manual_seed(seed)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    kw.setdefault("run_config", {"arch": "tiny", "lr": 0.1})
+    return Trainer(
+        model, loss_fn, opt, out, torch.device("cpu"), scheduler=sched, metric_fn=accuracy,
+        monitor="acc", seed=seed, progress=False, **kw,
+    )  # fmt: skip
+
+
+def loaders(seed: int = 0):
+    train = DataLoader(Blobs(48, seed), batch_size=8, shuffle=True)
+    val = DataLoader(Blobs(16, seed + 1), batch_size=8)
+    return train, val
+
+
+def test_fit_logs_checkpoints_and_learns(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    history = trainer.fit(*loaders(), epochs=4)
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_acc"] >= 0.75  # separable blobs
+    assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.05, 0.05])
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) == 4 and {"train_loss", "train_ce", "val_acc", "lr", "epoch_s"} <= set(rows[0])
+    assert float(rows[2]["train_loss"]) == pytest.approx(history[2]["train_loss"])
+    assert any((tmp_path / "tb").iterdir())
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] == trainer.best_epoch
+    assert best["best_metric"] == max(r["val_acc"] for r in history)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 3 and set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp file left behind
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    full = make_trainer(tmp_path / "full")
+    full.fit(*loaders(), epochs=4)
+    part = make_trainer(tmp_path / "part")
+    part.fit(*loaders(), epochs=2)  # "killed" after epoch 1
+    resumed = make_trainer(tmp_path / "part", seed=0)
+    torch.manual_seed(123)  # a resumed process starts from an unrelated RNG state
+    resumed.fit(*loaders(), epochs=4, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
+    for (k, a), b in zip(
+        full.module.state_dict().items(), resumed.module.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
+
+
+def test_resume_refuses_other_configuration(tmp_path: Path) -> None:
+    make_trainer(tmp_path).fit(*loaders(), epochs=1)
+    other = make_trainer(tmp_path, run_config={"arch": "tiny", "lr": 0.5, "epochs": 9})
+    with pytest.raises(ValueError, match=r"another configuration \(lr: checkpoint 0.1 vs now 0.5"):
+        other.fit(*loaders(), epochs=2, resume=True)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        make_trainer(tmp_path / "empty").fit(*loaders(), epochs=1, resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def exploding(batch, output, model):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(output, batch["label"])
+        return loss * float("nan") if calls["n"] > 7 else loss  # 6 steps per epoch
+
+    trainer = make_trainer(tmp_path, loss_fn=exploding)
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1.*last.pt"):
+        trainer.fit(*loaders(), epochs=3)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, patience=2)
+    trainer.metric_fn = lambda p, t: {"acc": 0.5}  # never improves after epoch 0
+    history = trainer.fit(*loaders(), epochs=10)
+    assert len(history) == 3 and trainer.best_epoch == 0
+    assert [r["best"] for r in history] == [True, False, False]
+
+
+def test_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, amp="bf16", channels_last=True)
+    history = trainer.fit(*loaders(), epochs=1)
+    assert np.isfinite(history[0]["train_loss"])
+    assert trainer.module[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        make_trainer(tmp_path / "x", amp="fp16")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        autocast(torch.device("cpu"), "fp8")
+
+
+def test_predict_averages_views_in_order() -> None:
+    model = tiny_model().eval()
+    data = Blobs(10, views=3, flip=False)
+    preds = predict(model, DataLoader(data, batch_size=4), torch.device("cpu"))
+    assert preds.probs.shape == (10, 2) and preds.ids == [f"img{i:03d}" for i in range(10)]
+    with torch.no_grad():
+        for i in range(len(data)):
+            expected = model(data[i]["image"]).softmax(-1).mean(0).double().numpy()
+            np.testing.assert_allclose(preds.probs[i], expected, atol=1e-6)
+            single = model(data[i]["image"][:1]).softmax(-1)[0].double().numpy()
+            assert np.abs(preds.probs[i] - single).max() > 1e-6  # views really differ
+    np.testing.assert_array_equal(preds.targets, np.arange(10) % 2)
+    np.testing.assert_allclose(preds.probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_helpers(tmp_path: Path) -> None:
+    seed_everything(3)
+    a = torch.rand(3)
+    seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+    atomic_save({"x": 1}, tmp_path / "a" / "b.pt")
+    assert torch.load(tmp_path / "a" / "b.pt") == {"x": 1}
+    batch = move_to({"image": torch.zeros(2, 3, 4, 4), "ids": ["a"], "t": (torch.ones(1),)},
+                    torch.device("cpu"), channels_last=True)  # fmt: skip
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert batch["ids"] == ["a"] and isinstance(batch["t"], tuple)
+    shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]] and len(ShardSampler(7, 1, 3)) == 2
+    assert unshard(shards) == list(range(7))
+    with pytest.raises(ValueError, match="rank"):
+        ShardSampler(5, 3, 2)
+    assert not DistInfo().enabled and DistInfo().is_main
+
+
+def test_cli_flags_profile_and_config(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    paper = {"epochs": 100, "batch_size": 32, "image_size": 224, "lr": 0.01}
+    cli.add_common_args(parser, paper)
+    args = parser.parse_args(["--epochs", "3", "--amp", "bf16", "--channels-last"])
+    cli.resolve_profile(args, paper, {"epochs": 1, "image_size": 64}, use_quick=True)
+    assert (args.epochs, args.image_size, args.batch_size, args.lr) == (3, 64, 32, 0.01)
+    args2 = cli.resolve_profile(parser.parse_args([]), paper, {"epochs": 1}, use_quick=False)
+    assert args2.epochs == 100 and args2.device == "auto" and args2.workers == 0
+    out = cli.prepare_out_dir(tmp_path / "run", resume=False)
+    config = cli.save_config(out, args, model="x")
+    saved = (out / "config.json").read_text()
+    assert '"epochs": 3' in saved and config["environment"]["torch"] == torch.__version__
+    assert (
+        config["environment"]["git_commit"] is None
+        or len(config["environment"]["git_commit"]) >= 40
+    )
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert cli.default_out_dir("isic2017_arl").parts[0] == "runs"
+
+
+def test_cli_bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        cli.resolve_device("cuda")
+    assert cli.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        cli.check_amp("fp16", torch.device("cpu"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="not a writable folder"):
+        cli.prepare_out_dir(blocker / "run", resume=False)
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="not a writable folder"):
+            cli.prepare_out_dir(ro, resume=False)
+    with pytest.raises(ValueError, match="inside --data-root"):
+        cli.prepare_out_dir(tmp_path / "data" / "run", resume=False, data_root=tmp_path / "data")
+    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+        cli.prepare_out_dir(tmp_path / "fresh", resume=True)
+    atomic_save({}, tmp_path / "old" / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match="already holds a run"):
+        cli.prepare_out_dir(tmp_path / "old", resume=False)
+
+    def bad(argv):
+        raise ValueError("bad thing")
+
+    with pytest.raises(SystemExit) as exc:
+        cli.run_cli(bad, [])
+    assert exc.value.code == 2
+
+
+DDP_SCRIPT = """
+import sys, json, torch
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from torch.utils.data import DataLoader, DistributedSampler
+from examples.isic.distributed import init_distributed, ShardSampler
+from test_engine import Blobs, make_trainer
+info = init_distributed(torch.device("cpu"))
+train, val = Blobs(40), Blobs(13, 1)
+tl = DataLoader(train, batch_size=4, sampler=DistributedSampler(train, seed=0))
+vl = DataLoader(val, batch_size=4, sampler=ShardSampler(len(val), info.rank, info.world_size))
+trainer = make_trainer({out!r}, dist_info=info)
+trainer.fit(tl, vl, epochs=2)
+preds, metrics = trainer.evaluate(vl)
+w = torch.cat([p.detach().flatten() for p in trainer.module.parameters()])
+json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": info.world_size}},
+          open({out!r} + f"/rank{{info.rank}}.json", "w"))
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")  # fmt: skip
+def test_ddp_two_process_gloo(tmp_path: Path) -> None:
+    import json
+
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT).format(
+        root=str(ROOT), tests=str(ROOT / "tests"), out=str(tmp_path)))  # fmt: skip
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["world"] == 2
+    assert r0["ids"] == r1["ids"] == [f"img{i:03d}" for i in range(13)]  # no padded duplicate
+    assert r0["w"] == r1["w"]  # replicas stay in sync
+    assert r0["acc"] == r1["acc"]
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # logged once, by rank 0
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
