@@ -93,7 +93,8 @@ def focal_loss(
     """Multi-class (softmax) focal loss ``-alpha_t * (1 - p_t)^gamma * log p_t``.
 
     Args:
-        input: logits ``(N, C)`` or ``(N, C, d1, ...)``, any float dtype (computed in float32).
+        input: logits ``(N, C)`` or ``(N, C, d1, ...)``, any float dtype (computed in at least
+            float32).
         target: class indices ``(N,)`` or ``(N, d1, ...)``, integer dtype.
         gamma: focusing parameter >= 0. Default 2.0; 0 gives (weighted) cross-entropy.
         alpha: ``None`` (default, no weighting), one weight per class (sequence or tensor of C), or
@@ -104,8 +105,8 @@ def focal_loss(
         ignore_index: target value that contributes nothing. Default -100, as cross-entropy.
 
     Returns:
-        The loss in float32 (a scalar unless ``reduction="none"``). With no non-ignored element
-        the mean is 0.
+        The loss in float32 (float64 for float64 input); a scalar unless ``reduction="none"``.
+        With no non-ignored element the mean is 0.
 
     Example:
         >>> logits, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
@@ -141,7 +142,7 @@ def focal_loss(
                 f"({ignore_index}), got {target[bad].unique().tolist()}"
             )
     safe_target = torch.where(keep, target, torch.zeros_like(target)).long()
-    log_p = F.log_softmax(input.float(), dim=1)
+    log_p = F.log_softmax(input.to(torch.promote_types(input.dtype, torch.float32)), dim=1)
     log_pt = log_p.gather(1, safe_target.unsqueeze(1)).squeeze(1)
     one_minus_pt = (-torch.expm1(log_pt)).clamp_min(_TINY)
     loss = -(one_minus_pt**gamma) * log_pt
@@ -202,7 +203,7 @@ def sigmoid_focal_loss(
     ``loss = alpha_t * (1 - p_t)^gamma * BCEWithLogits(inputs, targets)``.
 
     Args:
-        inputs: logits of any shape, any float dtype (computed in float32).
+        inputs: logits of any shape, any float dtype (computed in at least float32).
         targets: same shape, in [0, 1] (float, int or bool).
         alpha: positive-class weight in [0, 1]; ``None`` or a negative value disables weighting
             (torchvision's convention). Default 0.25.
@@ -210,7 +211,7 @@ def sigmoid_focal_loss(
         reduction: ``"none"`` (default, as torchvision), ``"mean"`` or ``"sum"``.
 
     Returns:
-        float32 loss.
+        The loss, float32 (float64 for float64 input).
     """
     _check_reduction(reduction, "sigmoid_focal_loss")
     _check_gamma(gamma, "sigmoid_focal_loss")
@@ -223,8 +224,8 @@ def sigmoid_focal_loss(
         )
     if alpha is not None and alpha > 1:
         raise ValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or None), got {alpha!r}")
-    x = inputs.float()
-    t = targets.float()
+    x = inputs.to(torch.promote_types(inputs.dtype, torch.float32))
+    t = targets.to(x.dtype)
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
@@ -240,12 +241,13 @@ def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
         raise TypeError(
             f"DiceAttentionRegularizer: masks must be a Tensor, got {type(mask).__name__}"
         )
+    shape = tuple(mask.shape)
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != batch:
         raise ValueError(
             f"DiceAttentionRegularizer: masks must be (N, 1, H, W) or (N, H, W) with N = {batch} "
-            f"(the maps' batch), got shape {tuple(mask.shape)}"
+            f"(the maps' batch), got shape {shape}"
         )
     if mask.dtype == torch.bool:
         return mask.float()
