@@ -244,6 +244,8 @@ class CARE:
         targets: Tensor,
         boxes: Tensor | None = None,
         box_valid: Tensor | None = None,
+        *,
+        model: nn.Module | None = None,
     ) -> CAREOutput:
         """One training forward.
 
@@ -253,6 +255,8 @@ class CARE:
             boxes: ``(N, 4)`` XYXY pixel-edge boxes in the coordinates of ``images`` (after all
                 geometric augmentation), or None (no attention loss for this batch).
             box_valid: ``(N,)`` bool: which rows of ``boxes`` are real (default: all).
+            model: the module to call instead of the wrapped model, e.g. its DDP or
+                ``torch.compile`` wrapper (it must run the wrapped model's target layer).
 
         Returns:
             :class:`CAREOutput`. ``loss = cls_loss`` when disabled, when ``boxes`` is None or when no
@@ -261,7 +265,7 @@ class CARE:
         targets = torch.as_tensor(targets, device=images.device).long().view(-1)
         active = self.enabled and boxes is not None and bool(self.rare_classes)
         with capture_activation(self.layer) as store:
-            logits = self.model(images)
+            logits = (self.model if model is None else model)(images)
         if self.num_classes is None:
             self._check_rare(self.rare_classes, logits.shape[1])
         cls_loss = self.criterion(logits, targets)

@@ -1,0 +1,403 @@
+"""CARE on the imbalanced 7-class ISIC 2018 task 3 (HAM10000): class attention to lesion regions.
+
+Stage 1 trains with cross-entropy; stage 2 adds the CARE term for the rare classes (default DF,
+VASC, AKIEC): the Grad-CAM of each rare-class image's class is pushed into its lesion box,
+``L = (1 - mix) * CE + mix * sum L_care`` (``attnblocks.CARE``). Nothing is added to the network:
+the checkpoints hold the plain timm model. ``--no-care`` runs the same two stages with CE only
+(the baseline, same seed and budget).
+
+Boxes: ``--boxes mask`` (default) takes the tight box of the lesion mask *after* augmentation;
+``--boxes saliency`` computes a spectral-residual saliency box on the un-augmented image and moves
+it through the same ``torchvision.transforms.v2`` geometry as the image (``tv_tensors.BoundingBoxes``).
+
+Data: ``--data-root`` in the official ISIC 2018 layout (images, one-hot CSV, task-1 masks,
+``HAM10000_metadata.csv``), split by lesion (train/val/test, seeded, saved as ``OUT/split.json``);
+without it, a synthetic 7-class set is generated once and cached.
+
+    python examples/isic2018_care.py --data-root ../shared/data/isic2018_200x150 --out runs/care
+    python examples/isic2018_care.py --data-root ... --out runs/base --no-care
+    python examples/isic2018_care.py --quick                     # synthetic smoke run, minutes
+
+Outputs (common interface): ``config.json``, ``log.csv``, ``tb/``, ``checkpoints/{last,best}.pt``,
+``metrics.json`` (per-class AUC/AP/recall, balanced accuracy, confusion matrix),
+``predictions.csv`` (official columns), ``plots/{curves,confusion,attention_rare}.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+if __package__ in (None, ""):  # `python examples/isic2018_care.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import attnblocks as ab
+from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
+from examples.isic.cli import (
+    add_common_args,
+    check_amp,
+    default_out_dir,
+    prepare_out_dir,
+    resolve_device,
+    resolve_profile,
+    run_cli,
+    save_config,
+    write_json,
+)
+from examples.isic.distributed import ShardSampler, init_distributed
+from examples.isic.engine import Trainer, atomic_save, predict
+from examples.isic.metrics import multiclass_metrics, write_predictions_csv
+from examples.isic.report import flatten_metrics, format_multiclass_table
+from examples.isic.synthetic2018 import default_synthetic2018_root
+from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
+from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
+
+CLASSES = ISIC2018Dataset.class_names
+PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3}
+QUICK = {"epochs": 2, "stage1_epochs": 1, "batch_size": 16, "image_size": 64, "lr": 1e-3}
+SAMPLERS = {"uniform": 0.0, "sqrt": 0.5, "balanced": 1.0}  # class weight power
+STAGE2_KEYS = {"no_care", "tau", "mix", "outer", "boxes", "box_margin", "stage1_from", "clip_boxes"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_common_args(p, PAPER)
+    g = p.add_argument_group("CARE")
+    g.add_argument("--arch", default="efficientnet_lite0", help="timm model name")
+    g.add_argument(
+        "--weights",
+        default="none",
+        help="none | timm (download ImageNet weights) | PATH of a local checkpoint "
+        "(timm or EfficientNet-PyTorch layout; the classifier is re-initialised)",
+    )
+    g.add_argument("--target-layer", default="auto", help="Grad-CAM layer (auto: last stage)")
+    g.add_argument("--rare-classes", default="DF,VASC,AKIEC", help="comma-separated class names")
+    g.add_argument("--stage1-epochs", type=int, default=None, help="CE-only epochs (default 10)")
+    g.add_argument("--tau", type=float, default=0.5, help="cap of the inner term (default 0.5)")
+    g.add_argument("--mix", type=float, default=0.01, help="weight of the CARE term (0.01)")
+    g.add_argument("--outer", choices=ab.list_outer_weightings(), default="uniform")
+    g.add_argument("--boxes", choices=["mask", "saliency"], default="mask")
+    g.add_argument("--box-margin", type=float, default=0.0, help="widen boxes by this fraction")
+    g.add_argument("--clip-boxes", action="store_true", help="clip boxes outside the image")
+    g.add_argument("--no-care", action="store_true", help="baseline: CE in both stages")
+    g.add_argument("--sampler", choices=list(SAMPLERS), default="uniform")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--select", choices=["best", "last"], default="best",
+                   help="test the best stage-2 checkpoint (val balanced accuracy) or the last")  # fmt: skip
+    g.add_argument("--stage1-from", type=Path, default=None,
+                   help="start stage 2 from the stage-1 state of another run folder "
+                        "(same settings and seed; saves recomputing stage 1)")  # fmt: skip
+    g.add_argument("--synthetic-n", type=int, default=400, help="synthetic images (no data root)")
+    g.add_argument("--limit", type=int, default=None, help="use at most N images per split")
+    args = p.parse_args(argv)
+    use_quick = args.quick or args.data_root is None
+    resolve_profile(args, PAPER, QUICK, use_quick)
+    if args.quick and args.arch == "efficientnet_lite0" and "--arch" not in (argv or sys.argv):
+        args.arch = "resnet10t"
+    return args
+
+
+def rare_indices(names: str) -> list[int]:
+    """Class names -> indices; raises ``ValueError`` for names outside the label set."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in wanted if n not in CLASSES]
+    if bad or not wanted:
+        raise ValueError(f"--rare-classes {bad or names!r} not in the label set {list(CLASSES)}")
+    return [CLASSES.index(n) for n in wanted]
+
+
+def input_size(image_size: int) -> tuple[int, int]:
+    """Network input ``(h, w)``: ``image_size`` high, ISIC 2018's 4:3 aspect."""
+    return image_size, round(image_size * 4 / 3)
+
+
+def train_transform(size: tuple[int, int]) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(1.1, 1.6), antialias=True),
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(20),
+        v2.ColorJitter(0.1, 0.1, 0.1),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+
+
+def eval_transform(size: tuple[int, int]) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(size, antialias=True),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+
+
+class BoxedISIC(Dataset):
+    """ISIC items plus ``box`` (4,) XYXY in the transformed image and ``box_valid``.
+
+    ``boxes="mask"``: the tight box of the transformed lesion mask (valid when the mask is present
+    and not cropped away). ``boxes="saliency"``: a box computed once per image on the un-augmented
+    image and moved through the transform as ``tv_tensors.BoundingBoxes``.
+    """
+
+    def __init__(self, base: ISIC2018Dataset, transform: v2.Transform, boxes: str, margin: float):
+        self.base, self.transform, self.mode, self.margin = base, transform, boxes, margin
+        self.saliency: torch.Tensor | None = None
+        if boxes == "saliency":
+            found = []
+            for i in range(len(base)):
+                image, _, _ = base.load(i)
+                box, valid = ab.boxes_from_saliency(image[None].float() / 255, margin=margin)
+                found.append(torch.cat([box[0], valid.float()]))
+            self.saliency = torch.stack(found) if found else torch.zeros(0, 5)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, mask, has_mask = self.base.load(i)
+        if self.saliency is not None:
+            h, w = image.shape[-2:]
+            box = tv_tensors.BoundingBoxes(
+                self.saliency[i, :4][None], format="XYXY", canvas_size=(h, w)
+            )
+            image, mask, box = self.transform(image, mask, box)
+            box = v2.ClampBoundingBoxes()(box).as_subclass(torch.Tensor)[0]
+            valid = bool(self.saliency[i, 4]) and bool((box[2:] - box[:2] >= 1).all())
+        else:
+            image, mask = self.transform(image, mask)
+            b, v = ab.boxes_from_masks(mask.as_subclass(torch.Tensor)[None].float(), self.margin)
+            box, valid = b[0], bool(v[0]) and has_mask
+        return {
+            "image": image.as_subclass(torch.Tensor),
+            "label": torch.tensor(int(self.base.labels[i])),
+            "id": self.base.ids[i],
+            "box": box.float(),
+            "box_valid": torch.tensor(valid),
+        }
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    model = timm.create_model(
+        args.arch, pretrained=args.weights == "timm", num_classes=len(CLASSES)
+    )
+    if args.weights not in ("none", "timm"):
+        state, layout = ab.convert_state_dict(ab.read_state_dict(args.weights), model)
+        own = model.state_dict()
+        head = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+        missing, _ = model.load_state_dict(
+            {k: v for k, v in state.items() if k not in head}, strict=False
+        )
+        if set(missing) - head - {k for k in own if k.startswith(model.default_cfg["classifier"])}:
+            raise ValueError(f"--weights {args.weights} ({layout} layout) lacks {missing[:5]}")
+    return model
+
+
+def target_layer(model: nn.Module, name: str) -> str:
+    if name != "auto":
+        return name
+    if hasattr(model, "conv_head") and hasattr(model, "bn2"):  # timm EfficientNet: last conv map
+        return "bn2"
+    return ab.gradcam.default_target_layer(model)
+
+
+def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
+    root = args.data_root
+    if root is None:
+        root = default_synthetic2018_root(n=args.synthetic_n, size=96, seed=0)
+    size = input_size(args.image_size)
+    load_size = max(size) if args.data_root is not None else None
+    sets = {}
+    for split in ("train", "val", "test"):
+        base = ISIC2018Dataset(root, split, split_file=out / "split.json", image_size=load_size)
+        if args.limit is not None and len(base) > args.limit:
+            keep = np.random.default_rng(0).permutation(len(base))[: args.limit]
+            keep.sort()
+            base.ids = [base.ids[k] for k in keep]
+            base.image_paths = [base.image_paths[k] for k in keep]
+            base.mask_paths = [base.mask_paths[k] for k in keep]
+            base.labels = base.labels[keep]
+        tf = train_transform(size) if split == "train" else eval_transform(size)
+        sets[split] = BoxedISIC(base, tf, args.boxes, args.box_margin)
+    return sets
+
+
+def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, Any]) -> None:
+    """Copy the stage-1 state of another run into ``OUT/checkpoints/last.pt`` to resume from it."""
+    src = Path(args.stage1_from) / "checkpoints" / "last.pt"
+    if not src.is_file():
+        raise ValueError(f"--stage1-from: no checkpoint at {src}")
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    if state["epoch"] != args.stage1_epochs - 1:
+        raise ValueError(
+            f"--stage1-from: {src} is at epoch {state['epoch']}, not at the end of stage 1 "
+            f"(epoch {args.stage1_epochs - 1})"
+        )
+    saved = state.get("run_config", {})
+    ignore = STAGE2_KEYS | Trainer.resume_ignore
+    diff = sorted(
+        k
+        for k in set(saved) | set(run_config)
+        if k not in ignore and saved.get(k) != run_config.get(k)
+    )
+    if diff:
+        raise ValueError(f"--stage1-from: {src} differs on {diff}")
+    state["run_config"] = run_config
+    atomic_save(state, out / "checkpoints" / "last.pt")
+    if (Path(args.stage1_from) / "split.json").is_file():
+        shutil.copyfile(Path(args.stage1_from) / "split.json", out / "split.json")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.stage1_epochs > args.epochs or args.stage1_epochs < 0:
+        raise ValueError(
+            f"--stage1-epochs {args.stage1_epochs} must lie in [0, --epochs {args.epochs}]"
+        )
+    rare = rare_indices(args.rare_classes)
+    device = resolve_device(args.device)
+    check_amp(args.amp, device)
+    dist = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    out = prepare_out_dir(args.out or default_out_dir("isic2018_care"), args.resume, args.data_root)
+    torch.manual_seed(args.seed)
+    sets = load_data(args, out)
+    model = build_model(args)
+    layer = target_layer(model, args.target_layer)
+    care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
+                   outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip
+
+    weights = class_balanced_weights(sets["train"].base.labels, SAMPLERS[args.sampler])
+    sampler = WeightedSampler(weights, seed=args.seed) if args.sampler != "uniform" else None
+    if sampler is None and dist.enabled:
+        sampler = WeightedSampler(np.ones(len(weights)), replacement=False, seed=args.seed)
+    loader_kw = {"batch_size": args.batch_size, "num_workers": args.workers}
+    train_loader = DataLoader(
+        sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=True, **loader_kw
+    )
+    eval_loader = {
+        s: DataLoader(
+            sets[s], sampler=ShardSampler(len(sets[s]), dist.rank, dist.world_size), **loader_kw
+        )
+        for s in ("val", "test")
+    }
+
+    def forward(m: nn.Module, batch: dict) -> Any:
+        if m.training and torch.is_grad_enabled():
+            return care(batch["image"], batch["label"], batch["box"], batch["box_valid"], model=m)
+        return m(batch["image"])
+
+    def loss_fn(batch: dict, output: ab.CAREOutput, m: nn.Module) -> tuple[torch.Tensor, dict]:
+        parts = {"ce": output.cls_loss.detach(), "care": output.care_loss.detach()}
+        return output.loss, parts | {"boxed": float(output.selected.sum())}
+
+    def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        m = flatten_metrics(multiclass_metrics(targets, probs, CLASSES))
+        m["select"] = m["balanced_accuracy"] if care_stage() == 2 else math.nan
+        return m
+
+    stage = {"epoch": 0}
+
+    def care_stage() -> int:
+        return 2 if stage["epoch"] >= args.stage1_epochs else 1
+
+    def set_epoch(epoch: int) -> None:
+        stage["epoch"] = epoch
+        care.enabled = care_stage() == 2 and not args.no_care
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        if dist.is_main:
+            print(f"epoch {epoch} (stage {row['stage']}): loss {row['train_loss']:.4f} "
+                  f"care {row.get('train_care', 0):.4f} val bal.acc {row['val_balanced_accuracy']:.4f} "
+                  f"rare recall " + " ".join(f"{CLASSES[c]} {row[f'val_per_class_{CLASSES[c]}_recall']:.3f}" for c in rare))  # fmt: skip
+        set_epoch(epoch + 1)
+
+    run_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    trainer = Trainer(
+        model, loss_fn, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay),
+        out, device, metric_fn=metric_fn, monitor="select", forward=forward, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, seed=args.seed, run_config=run_config,
+        dist_info=dist, progress=args.progress,
+        epoch_log=lambda m: {"stage": care_stage(), "care_enabled": float(care.enabled)},
+    )  # fmt: skip
+    resume = args.resume
+    if args.stage1_from is not None and not args.resume:
+        seed_stage2_from(args, out, run_config)
+        resume = True
+    if dist.is_main:
+        save_config(out, args, target_layer=layer, rare_class_indices=rare,
+                    data={s: d.base.summary() for s, d in sets.items()})  # fmt: skip
+    last = out / "checkpoints" / "last.pt"
+    set_epoch(
+        torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1 if resume else 0
+    )
+    history = trainer.fit(
+        train_loader, eval_loader["val"], args.epochs, resume=resume, on_epoch_end=on_epoch_end
+    )
+
+    chosen = trainer.load_best() if args.select == "best" else args.epochs - 1
+    preds = predict(trainer.module, eval_loader["test"], device, amp=args.amp,
+                    channels_last=args.channels_last, dist_info=dist)  # fmt: skip
+    metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)
+    metrics |= {
+        "epoch": chosen,
+        "care": not args.no_care,
+        "rare_classes": [CLASSES[c] for c in rare],
+    }
+    if dist.is_main:
+        write_json(out / "metrics.json", metrics)
+        write_predictions_csv(out / "predictions.csv", preds.ids, preds.probs, CLASSES, "image")
+        plot_confusion(metrics["confusion_matrix"], CLASSES, out / "plots" / "confusion.png")
+        if history:
+            plot_curves(history, out / "plots" / "curves.png")
+        save_rare_overlays(
+            trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png"
+        )
+        title = f"ISIC 2018 test ({'CARE' if not args.no_care else 'no CARE'}, epoch {chosen})"
+        print(format_multiclass_table(metrics, title))
+        print("confusion matrix (rows = truth):", *metrics["confusion_matrix"], sep="\n  ")
+    return metrics
+
+
+def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],
+                       device: torch.device, path: Path, per_class: int = 3) -> None:  # fmt: skip
+    """Grad-CAM of the true class over rare-class test images, with the lesion box drawn."""
+    picks = [i for c in rare for i in np.flatnonzero(data.base.labels == c)[:per_class]]
+    if not picks:
+        return
+    items = [data[int(i)] for i in picks]
+    images = torch.stack([it["image"] for it in items]).to(device)
+    targets = torch.stack([it["label"] for it in items]).to(device)
+    was_training = model.training
+    model.eval()
+    cam, logits = ab.grad_cam(model, images, layer, targets)
+    model.train(was_training)
+    boxes, valid = (
+        torch.stack([it["box"] for it in items]),
+        torch.stack([it["box_valid"] for it in items]),
+    )
+    inner, _ = ab.box_to_inner_outer(boxes, images.shape[-2:], valid=valid, clip=True)
+    edge = (inner > 0).float()
+    edge = edge - torch.nn.functional.max_pool2d(-edge, 3, 1, 1).neg()  # inner border of the box
+    probs = logits.detach().softmax(1)
+    titles = [
+        f"{it['id']} {CLASSES[int(t)]} p={float(probs[k, t]):.2f}"
+        for k, (it, t) in enumerate(zip(items, targets, strict=True))
+    ]
+    save_overlays(denormalize(images, IMAGENET_MEAN, IMAGENET_STD),
+                  {"Grad-CAM": cam.detach().cpu(), "box": edge.cpu()}, path, titles)  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_cli(main)
