@@ -54,6 +54,20 @@ def _timm_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
     return x if b.se is None else b.se(x)
 
 
+def _timm_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor | None:
+    if b.se is not None:  # SE sits between the last norm and the merge: nothing to fuse
+        return None
+    x = b.act1(b.bn1(b.conv1(x)))
+    x = b.aa(b.act2(b.drop_block(b.bn2(b.conv2(x)))))
+    return b.conv3(x)
+
+
+def _timm_basic_pre_norm(b: Any, x: Tensor) -> Tensor | None:
+    if b.se is not None:
+        return None
+    return b.conv2(b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x))))))
+
+
 def _timm_basic_branch(b: Any, x: Tensor) -> Tensor:
     x = b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x)))))
     x = b.bn2(b.conv2(x))
@@ -71,11 +85,25 @@ def _tv_basic_branch(b: Any, x: Tensor) -> Tensor:
     return b.bn2(b.conv2(x))
 
 
+def _tv_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor:
+    x = b.relu(b.bn1(b.conv1(x)))
+    x = b.relu(b.bn2(b.conv2(x)))
+    return b.conv3(x)
+
+
+def _tv_basic_pre_norm(b: Any, x: Tensor) -> Tensor:
+    return b.conv2(b.relu(b.bn1(b.conv1(x))))
+
+
 @dataclass(frozen=True)
 class _BlockSpec:
     residual: ResidualFn
     act: str
     drop_path: str | None
+    # The branch up to the input of its last norm (None at run time: not fusable), and that norm's
+    # attribute name; lets the memory-lean merge recompute F instead of saving it.
+    pre_norm: Callable[[nn.Module, Tensor], Tensor | None] | None = None
+    last_norm: str | None = None
 
 
 _BLOCK_SPECS: dict[type, _BlockSpec] = {}
@@ -88,6 +116,8 @@ def register_arl_block(
     act: str,
     drop_path: str | None = None,
     downsample: str = "downsample",
+    pre_norm: Callable[[nn.Module, Tensor], Tensor | None] | None = None,
+    last_norm: str | None = None,
 ) -> None:
     """Teach :class:`ARLWrapper` a residual block type.
 
@@ -98,6 +128,11 @@ def register_arl_block(
         act: attribute name of the block's output activation.
         drop_path: attribute name of its stochastic-depth module, if it has one.
         downsample: attribute name of its shortcut projection (``None`` at run time = identity).
+        pre_norm: optional ``pre_norm(block, x) -> t``, the residual branch up to the *input* of
+            its last norm layer (or ``None`` when that block instance cannot be fused, e.g. it has
+            SE after the norm); with ``last_norm`` it lets the memory-lean merge
+            (:func:`attnblocks.merge.arl_merge_bn`) recompute ``F`` in backward instead of saving it.
+        last_norm: attribute name of that last norm layer (required with ``pre_norm``).
     """
     if not (isinstance(block_cls, type) and issubclass(block_cls, nn.Module)):
         raise TypeError(f"block_cls must be an nn.Module subclass, got {block_cls!r}")
@@ -105,7 +140,9 @@ def register_arl_block(
         raise ValueError(
             f"only blocks whose shortcut projection is `downsample` are supported, got {downsample!r}"
         )
-    _BLOCK_SPECS[block_cls] = _BlockSpec(residual, act, drop_path)
+    if (pre_norm is None) != (last_norm is None):
+        raise ValueError("pre_norm and last_norm must be given together")
+    _BLOCK_SPECS[block_cls] = _BlockSpec(residual, act, drop_path, pre_norm, last_norm)
 
 
 def list_arl_block_types() -> list[str]:
@@ -118,13 +155,35 @@ def _register_builtin_blocks() -> None:
     import torchvision.models.resnet as tv_resnet
 
     register_arl_block(
-        timm_resnet.Bottleneck, _timm_bottleneck_branch, act="act3", drop_path="drop_path"
+        timm_resnet.Bottleneck,
+        _timm_bottleneck_branch,
+        act="act3",
+        drop_path="drop_path",
+        pre_norm=_timm_bottleneck_pre_norm,
+        last_norm="bn3",
     )
     register_arl_block(
-        timm_resnet.BasicBlock, _timm_basic_branch, act="act2", drop_path="drop_path"
+        timm_resnet.BasicBlock,
+        _timm_basic_branch,
+        act="act2",
+        drop_path="drop_path",
+        pre_norm=_timm_basic_pre_norm,
+        last_norm="bn2",
     )
-    register_arl_block(tv_resnet.Bottleneck, _tv_bottleneck_branch, act="relu")
-    register_arl_block(tv_resnet.BasicBlock, _tv_basic_branch, act="relu")
+    register_arl_block(
+        tv_resnet.Bottleneck,
+        _tv_bottleneck_branch,
+        act="relu",
+        pre_norm=_tv_bottleneck_pre_norm,
+        last_norm="bn3",
+    )
+    register_arl_block(
+        tv_resnet.BasicBlock,
+        _tv_basic_branch,
+        act="relu",
+        pre_norm=_tv_basic_pre_norm,
+        last_norm="bn2",
+    )
 
 
 _register_builtin_blocks()
@@ -176,11 +235,32 @@ class ARLBlock(_Rebuildable, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         spec = _BLOCK_SPECS[self._arl_base]
+        act = getattr(self, spec.act)
+        drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
+        norm = self.arl_normalization
+        if spec.pre_norm is not None and merge.lean_merge_active(self.attn_map):
+            t = spec.pre_norm(self, x)
+            if t is not None:  # fuse the last norms: F, s and N(F) are recomputed in backward
+                shortcut, shortcut_norm = self._shortcut_pre_norm(x)
+                bn = getattr(self, spec.last_norm)
+                return merge.arl_merge_bn(
+                    t, bn, shortcut, self.alpha, norm, act, drop_path, shortcut_norm=shortcut_norm
+                )
         f = spec.residual(self, x)
         shortcut = x if self.downsample is None else self.downsample(x)
-        attn = self.attn_map(get_normalization(self.arl_normalization)(f))
-        drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
-        return merge.arl_merge(f, shortcut, self.alpha, attn, getattr(self, spec.act), drop_path)
+        return merge.arl_merge(f, shortcut, self.alpha, norm, act, drop_path, tap=self.attn_map)
+
+    def _shortcut_pre_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
+        """The shortcut up to the input of its projection's final norm, and that norm (or None)."""
+        ds = self.downsample
+        if ds is None:
+            return x, None
+        if isinstance(ds, nn.Sequential) and len(ds) > 0 and merge.fusable_norm(ds[-1]):
+            layers = list(ds)
+            for layer in layers[:-1]:
+                x = layer(x)
+            return x, layers[-1]
+        return ds(x), None
 
     def extra_repr(self) -> str:
         norm = self.arl_normalization
