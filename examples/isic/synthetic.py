@@ -52,46 +52,51 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def _lesion_mask(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
-    radius = {0: (0.13, 0.2), 1: (0.24, 0.36), 2: (0.2, 0.3)}[cls]
-    wobble = {0: 0.03, 1: 0.22, 2: 0.06}[cls]
+    radius = {0: (0.12, 0.24), 1: (0.18, 0.36), 2: (0.16, 0.3)}[cls]
+    wobble = rng.uniform(*{0: (0.0, 0.1), 1: (0.06, 0.24), 2: (0.02, 0.1)}[cls])
     r0 = rng.uniform(*radius) * size
     cy, cx = (0.5 + rng.uniform(-0.08, 0.08, 2)) * size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     theta = np.arctan2(yy - cy, xx - cx)
-    r = np.ones_like(theta)
+    r = 1 + 0.1 * np.cos(2 * theta + rng.uniform(0, 6.3))  # mildly oval
     for k in range(2, 8):
         r += wobble * rng.uniform(0.3, 1.0) / (k / 2) * np.cos(k * theta + rng.uniform(0, 6.3))
-    if cls == 0:  # nevi are round but may be slightly oval
-        r *= 1 + 0.08 * np.cos(2 * theta + rng.uniform(0, 6.3))
-    dist = np.hypot(yy - cy, xx - cx)
-    return dist <= r0 * r
+    return np.hypot(yy - cy, xx - cx) <= r0 * r
 
 
 def _render(rng: np.random.Generator, cls: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(size, size, 3)`` uint8 image and its boolean lesion mask; ``cls`` 0/1/2."""
+    """One ``(size, size, 3)`` uint8 image and its boolean lesion mask; ``cls`` 0/1/2.
+
+    The class-conditional ranges of size, irregularity, darkness and colour overlap, so that the
+    task is learnable but not trivial.
+    """
     skin = np.array([226, 178, 150], np.float32) * rng.uniform(0.85, 1.08, 3)
     shade = 0.85 + 0.2 * _smooth_field(rng, size, 4)
     img = skin * shade[..., None] + rng.normal(0, 4, (size, size, 3))
     mask = _lesion_mask(rng, size, cls)
     body = np.zeros((size, size, 3), np.float32)
-    if cls == 0:  # nevus: uniform medium brown
-        base = np.array([150, 98, 70], np.float32) * rng.uniform(0.85, 1.15)
-        body[:] = base + rng.normal(0, 4, (size, size, 3))
-    elif cls == 1:  # melanoma: dark, multi-coloured regions
+    brown = np.array([150, 98, 70], np.float32)
+    if cls == 0:  # nevus: uniform brown, sometimes a darker centre
+        body[:] = brown * rng.uniform(0.6, 1.25) + rng.normal(0, 4, (size, size, 3))
+        if rng.random() < 0.4:
+            body *= 0.75 + 0.25 * _smooth_field(rng, size, 2)[..., None]
+    elif cls == 1:  # melanoma: darker, two to four colour regions
         palette = np.array(
-            [[45, 30, 28], [95, 60, 45], [105, 115, 145], [150, 70, 62]], np.float32
-        ) * rng.uniform(0.85, 1.15)
-        fields = np.stack([_smooth_field(rng, size, rng.integers(4, 8)) for _ in palette])
+            [[60, 40, 34], [110, 72, 52], [105, 112, 140], [150, 75, 65]], np.float32
+        )
+        chosen = np.concatenate([[0], rng.permutation(3)[: rng.integers(1, 4)] + 1])
+        palette = palette[chosen] * rng.uniform(0.75, 1.3)
+        fields = np.stack([_smooth_field(rng, size, int(rng.integers(3, 8))) for _ in palette])
         body[:] = palette[fields.argmax(0)] + rng.normal(0, 8, (size, size, 3))
     else:  # seborrheic keratosis: waxy tan with bright speckles and dark pores
-        base = np.array([190, 150, 108], np.float32) * rng.uniform(0.88, 1.1)
+        base = np.array([185, 145, 105], np.float32) * rng.uniform(0.7, 1.12)
         texture = _smooth_field(rng, size, size // 6)
-        body[:] = base * (0.8 + 0.35 * texture[..., None])
+        body[:] = base * (1 - rng.uniform(0.1, 0.35) * (texture[..., None] - 0.5) * 2)
         speck = rng.random((size, size))
-        body[speck > 0.96] = [235, 225, 200]
-        body[speck < 0.03] = [80, 55, 40]
+        body[speck > 1 - rng.uniform(0.005, 0.04)] = [235, 225, 200]
+        body[speck < rng.uniform(0.005, 0.04)] = [80, 55, 40]
     alpha = Image.fromarray(mask.astype(np.uint8) * 255)
-    blur = {0: 1.0, 1: 2.5, 2: 0.3}[cls] * size / 128
+    blur = rng.uniform(*{0: (0.5, 1.5), 1: (1.0, 3.0), 2: (0.2, 0.8)}[cls]) * size / 128
     alpha = np.asarray(alpha.filter(ImageFilter.GaussianBlur(blur)), np.float32)[..., None] / 255
     img = img * (1 - alpha) + body * alpha
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -180,7 +185,7 @@ def default_synthetic_root(
     renamed into place (atomic: concurrent callers never see a half-written dataset).
     """
     base = Path(cache or os.environ.get("ATTNBLOCKS_CACHE") or Path.home() / ".cache/attnblocks")
-    key = f"{n_train}-{n_val}-{n_test}-{size}-{seed}-v1"
+    key = f"{n_train}-{n_val}-{n_test}-{size}-{seed}-v2"
     final = (
         base.expanduser() / "synthetic" / f"isic2017-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     )
