@@ -30,7 +30,11 @@ import torch
 from .engine import AMP_DTYPES
 
 __all__ = [
+    "ISIC2017_LAYOUT",
+    "LimitedDataset",
     "add_common_args",
+    "check_amp",
+    "check_layout",
     "default_out_dir",
     "environment_info",
     "prepare_out_dir",
@@ -227,3 +231,68 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+ISIC2017_LAYOUT = (
+    "ISIC-2017_Training_Data/",
+    "ISIC-2017_Training_Part3_GroundTruth.csv",
+    "ISIC-2017_Validation_Data/",
+    "ISIC-2017_Validation_Part3_GroundTruth.csv",
+    "ISIC-2017_Test_v2_Data/",
+    "ISIC-2017_Test_v2_Part3_GroundTruth.csv",
+)
+
+
+def check_layout(root: Path, expected: Sequence[str], name: str) -> Path:
+    """Raise one ``ValueError`` listing what ``root`` lacks of ``expected`` and what it holds.
+
+    Entries ending in ``/`` must be folders, the others files.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data-root {root} is not a folder; expected the official {name} layout")
+    missing = [
+        e
+        for e in expected
+        if not ((root / e.rstrip("/")).is_dir() if e.endswith("/") else (root / e).is_file())
+    ]
+    if missing:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+        shown = ", ".join(found[:12]) + (f", ... ({len(found)} entries)" if len(found) > 12 else "")
+        raise ValueError(
+            f"--data-root {root} is not an official {name} layout: expected {', '.join(expected)}; "
+            f"missing {', '.join(missing)}; found: {shown or 'an empty folder'}"
+        )
+    return root
+
+
+class LimitedDataset(torch.utils.data.Dataset):
+    """At most ``n // num_classes`` images of each class of ``dataset``, in dataset order.
+
+    For the quick profile (``--limit``). Keeps ``labels``, ``ids`` and the dataset's CSV attributes
+    so samplers and prediction writers work unchanged.
+    """
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        import numpy as np
+
+        if n < 1:
+            raise ValueError(f"--limit must be >= 1, got {n}")
+        labels = np.asarray(dataset.labels)
+        classes = np.unique(labels)
+        per = max(1, n // len(classes))
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes]))
+        self.dataset, self.indices = dataset, keep.tolist()
+        self.labels = labels[keep]
+        self.ids = [dataset.ids[i] for i in self.indices]
+        for name in ("class_names", "csv_columns", "csv_id_column", "task"):
+            setattr(self, name, getattr(dataset, name))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]]
+
+    def summary(self) -> str:
+        return f"{len(self)} of {self.dataset.summary()}"

@@ -1,0 +1,113 @@
+"""Turning predictions into the papers' tables: metric functions for the engine, the printed table
+and ``OUT/metrics.json``.
+
+- :func:`isic2017_scores`: ``(N, K)`` class probabilities of one of the ISIC 2017 set-ups
+  (binary task or 3-class) -> official ``(N, T)`` task scores and ``(N, T)`` 0/1 truth.
+- :func:`isic2017_metric_fn`: the engine's ``metric_fn`` for those set-ups (flat dict, with
+  ``mean_auc``).
+- :func:`flatten_metrics`: ``{"melanoma": {"auc": ..}}`` -> ``{"melanoma_auc": ..}``.
+- :func:`format_table`: the ARL paper's Table III layout (AUC, ACC, SEN, SPE per task, plus AP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .metrics import isic2017_metrics
+
+__all__ = [
+    "flatten_metrics",
+    "format_multiclass_table",
+    "format_table",
+    "isic2017_metric_fn",
+    "isic2017_scores",
+    "isic2017_tasks",
+]
+
+ISIC2017_COLUMNS = ("melanoma", "seborrheic_keratosis")
+
+
+def isic2017_tasks(task: str) -> tuple[str, ...]:
+    """The official task columns a dataset ``task`` is scored on."""
+    if task in ("both", "3class"):
+        return ISIC2017_COLUMNS
+    if task in ISIC2017_COLUMNS:
+        return (task,)
+    raise ValueError(
+        f"unknown ISIC 2017 task {task!r}; expected melanoma, seborrheic_keratosis, both"
+    )
+
+
+def isic2017_scores(
+    probs: np.ndarray, targets: np.ndarray, task: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Task scores and truth ``(N, T)`` from class probabilities and dataset labels.
+
+    ``task="3class"`` (or ``"both"``): probabilities over (nevus, melanoma, seborrheic keratosis),
+    labels 0/1/2 -> columns (melanoma, seborrheic keratosis). A binary task: probabilities over
+    (other, task), labels 0/1 -> one column, ``p(task)``.
+    """
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+    if task in ("both", "3class"):
+        if probs.ndim != 2 or probs.shape[1] != 3:
+            raise ValueError(f"task {task!r} needs (N, 3) probabilities, got {probs.shape}")
+        truth = np.stack([targets == 1, targets == 2], axis=1).astype(np.float64)
+        return probs[:, 1:3], truth
+    isic2017_tasks(task)
+    if probs.ndim != 2 or probs.shape[1] != 2:
+        raise ValueError(f"binary task {task!r} needs (N, 2) probabilities, got {probs.shape}")
+    return probs[:, 1:2], targets.reshape(-1, 1).astype(np.float64)
+
+
+def isic2017_metric_fn(
+    task: str, threshold: float = 0.5
+) -> Callable[[np.ndarray, np.ndarray], dict]:
+    """Engine ``metric_fn``: flat ISIC 2017 metrics (``melanoma_auc``, ..., ``mean_auc``)."""
+    tasks = isic2017_tasks(task)
+
+    def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        scores, truth = isic2017_scores(probs, targets, task)
+        return flatten_metrics(isic2017_metrics(truth, scores, threshold, tasks=tasks))
+
+    return metric_fn
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested dicts of numbers -> one level, keys joined with ``_``; lists are dropped."""
+    flat: dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(flatten_metrics(v, f"{key}_"))
+        elif isinstance(v, int | float | np.floating):
+            flat[key] = float(v)
+    return flat
+
+
+def format_table(metrics: Mapping[str, Any], tasks: Sequence[str], title: str = "") -> str:
+    """Rows per task with AUC, ACC, SEN, SPE (ARL paper Table III) and AP, then the mean AUC."""
+    lines = [title] if title else []
+    lines.append(f"{'task':<22} {'AUC':>7} {'ACC':>7} {'SEN':>7} {'SPE':>7} {'AP':>7}")
+    for task in tasks:
+        m = metrics[task]
+        lines.append(
+            f"{task:<22} {m['auc']:7.4f} {m['accuracy']:7.4f} {m['sensitivity']:7.4f} "
+            f"{m['specificity']:7.4f} {m['ap']:7.4f}"
+        )
+    lines.append(f"{'average AUC':<22} {metrics['mean_auc']:7.4f}")
+    return "\n".join(lines)
+
+
+def format_multiclass_table(metrics: Mapping[str, Any], title: str = "") -> str:
+    """Per-class AUC / AP / recall rows, then mean AUC, balanced accuracy and accuracy."""
+    lines = [title] if title else []
+    lines.append(f"{'class':<10} {'AUC':>7} {'AP':>7} {'recall':>7}")
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<10} {m['auc']:7.4f} {m['ap']:7.4f} {m['recall']:7.4f}")
+    lines.append(f"{'mean AUC':<10} {metrics['mean_auc']:7.4f}")
+    lines.append(f"{'bal. acc.':<10} {metrics['balanced_accuracy']:7.4f}")
+    lines.append(f"{'accuracy':<10} {metrics['accuracy']:7.4f}")
+    return "\n".join(lines)

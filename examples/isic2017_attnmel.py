@@ -1,0 +1,393 @@
+"""AttnMel-CNN on ISIC 2017 / 2016 / 2018 (Yan, Kawahara, Hamarneh, "Melanoma Recognition via Visual
+Attention", IPMI 2019), with optional lesion-mask regularization of the attention maps.
+
+Paper protocol as defaults: VGG-16-BN with grid attention gates on pool-3 and pool-4 guided by
+pool-5 (``--backbone`` takes any timm model), focal loss (gamma 2), melanoma oversampled x4, SGD
+(momentum 0.9, Nesterov, weight decay 1e-4) with lr 0.01 divided by 10 every 10 epochs, 50 epochs,
+batch 32, 224 px crops, best epoch by validation AUC. ``--roi lesion`` adds
+``lambda_3 (1 - Dice(A3, M3)) + lambda_4 (1 - Dice(A4, M4))`` with the Part 1 lesion masks
+(lambdas 0.001 / 0.01; images without a mask are left out of the Dice term).
+
+    python examples/isic2017_attnmel.py                                    # synthetic demo
+    python examples/isic2017_attnmel.py --data-root ISIC2017 --weights vgg16_bn.pth --roi lesion
+    python examples/isic2017_attnmel.py --data-root ISIC2017 --backbone efficientnet_lite0 \\
+        --weights efficientnet-lite0.pth
+    python examples/isic2017_attnmel.py --dataset isic2018 --data-root ISIC2018  # 7 classes
+
+Writes into ``--out``: config.json, log.csv, tb/, checkpoints/{last,best}.pt, metrics.json (AUC and
+AP, Tables 1-2; per-class AUC and their mean for 2018; attention Jaccard with the lesion masks,
+Table 3), predictions.csv (official format) and plots/{curves,attention}.png (Fig. 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python examples/isic2017_attnmel.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+import attnblocks as ab
+from examples.isic import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ISIC2016Dataset,
+    ISIC2017Dataset,
+    ISIC2018Dataset,
+    OversamplingSampler,
+    attention_jaccard,
+    attnmel_eval_transform,
+    attnmel_train_transform,
+    binary_metrics,
+    cli,
+    default_synthetic_root,
+    multiclass_metrics,
+    report,
+    viz,
+    write_predictions_csv,
+)
+from examples.isic.distributed import ShardSampler, init_distributed
+from examples.isic.engine import Trainer, predict
+
+SCRIPT = "isic2017_attnmel"
+PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
+         "backbone": "vgg16_bn"}  # fmt: skip
+QUICK = {"epochs": 2, "batch_size": 16, "image_size": 64, "lr": 0.01, "limit": 60,
+         "backbone": "resnet18"}  # fmt: skip
+SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
+
+# dataset name -> (dataset class, splits (train, val, test), task, melanoma class index, layout)
+DATASETS: dict[str, tuple[type, tuple[str, str, str], str, int, tuple[str, ...]]] = {
+    "isic2017": (ISIC2017Dataset, ("train", "val", "test"), "melanoma", 1, cli.ISIC2017_LAYOUT),
+    "isic2016": (ISIC2016Dataset, ("train", "train", "test"), "malignant", 1, (
+        "ISBI2016_ISIC_Part3_Training_Data/", "ISBI2016_ISIC_Part3_Training_GroundTruth.csv",
+        "ISBI2016_ISIC_Part3_Test_Data/", "ISBI2016_ISIC_Part3_Test_GroundTruth.csv")),
+    "isic2018": (ISIC2018Dataset, ("train", "val", "test"), "7class", 0, (
+        "ISIC2018_Task3_Training_Input/", "ISIC2018_Task3_Training_GroundTruth/")),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=SCRIPT, description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    cli.add_common_args(p, PAPER)
+    g = p.add_argument_group("AttnMel")
+    g.add_argument("--dataset", choices=sorted(DATASETS), default="isic2017")
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="vgg16_bn = AttnMel-CNN (default), or any timm model; quick: resnet18",
+    )
+    g.add_argument(
+        "--gate-stages",
+        type=int,
+        nargs="+",
+        default=None,
+        help="stages that get a gate (default 2 3: pool-3/pool-4 on VGG)",
+    )
+    g.add_argument(
+        "--head",
+        choices=ab.list_gated_heads(),
+        default="attention",
+        help="attention (AttnMel), gap_concat (Mel-CNN), gap (VGG-16-GAP)",
+    )
+    g.add_argument(
+        "--normalization",
+        choices=ab.list_gate_normalizations(),
+        default="sigmoid",
+        help="attention map normalization (the Dice term needs sigmoid)",
+    )
+    g.add_argument("--weights", type=Path, default=None, help="local backbone checkpoint")
+    g.add_argument("--pretrained", action="store_true", help="timm's weights (network access)")
+    g.add_argument(
+        "--roi",
+        choices=["none", "lesion"],
+        default="none",
+        help="lesion: Dice regularization of the maps with the lesion masks",
+    )
+    g.add_argument(
+        "--lambdas",
+        type=float,
+        nargs="+",
+        default=[1e-3, 1e-2],
+        help="Dice weights per gate (paper: 0.001 0.01)",
+    )
+    g.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma (0: CE)")
+    g.add_argument("--oversample", type=int, default=4, help="repeat melanoma images N times")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--lr-step", type=int, default=10, help="divide the lr by 10 every N epochs")
+    g.add_argument("--lr-gamma", type=float, default=0.1)
+    g.add_argument("--patience", type=int, default=None, help="early stop (paper: none)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="isic2016 has no validation split: hold out this fraction of train",
+    )
+    g.add_argument("--limit", type=int, default=None, help="at most N images per split")
+    g.add_argument(
+        "--load-size",
+        type=int,
+        default=None,
+        help="decode images once to this shorter side into --cache-dir",
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="resized-image cache (default ~/.cache/attnblocks/isic-resized)",
+    )
+    g.add_argument("--overlay-images", type=int, default=4, help="images in plots/attention.png")
+    return p
+
+
+class WithAttention(nn.Module):
+    """``forward(x) -> (logits, maps)``, so that DDP and compile see the maps of the gates."""
+
+    def __init__(self, net: ab.AttentionGatedNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.net.forward_with_attention(x)
+
+
+def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
+    """A stratified ``fraction`` of ``dataset`` (``part="val"``) or the rest (``"train"``)."""
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([
+        rng.permutation(np.flatnonzero(labels == c))[: max(1, round(fraction * (labels == c).sum()))]
+        for c in np.unique(labels)
+    ])  # fmt: skip
+    keep = np.sort(val) if part == "val" else np.setdiff1d(np.arange(len(labels)), val)
+    sub = Subset(dataset, keep.tolist())
+    sub.labels, sub.ids = labels[keep], [dataset.ids[i] for i in keep]
+    for name in ("class_names", "csv_columns", "csv_id_column", "task"):
+        setattr(sub, name, getattr(dataset, name))
+    sub.summary = lambda: f"{len(sub)} ({part} part) of {dataset.summary()}"
+    return sub
+
+
+def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]:
+    cls, splits, task, _, _ = DATASETS[args.dataset]
+    load: dict[str, Any] = {"image_size": args.load_size, "progress": info.is_main}
+    if args.load_size is not None:
+        load["cache_dir"] = args.cache_dir or Path.home() / ".cache/attnblocks/isic-resized"
+    if args.dataset == "isic2018":
+        load["split_file"] = Path(args.out) / "split.json"
+    train_tf = attnmel_train_transform(args.image_size)
+    eval_tf = attnmel_eval_transform(args.image_size)
+    out = {}
+    for name, split in zip(("train", "val", "test"), splits, strict=True):
+        out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
+    if args.dataset == "isic2016":  # no official validation split
+        out["val"] = _holdout(out["val"], args.val_fraction, args.seed, "val")
+        out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
+    if args.limit is not None:
+        out = {k: cli.LimitedDataset(v, args.limit) for k, v in out.items()}
+    return out
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> ab.AttentionGatedNet:
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise ValueError(f"--weights {args.weights}: no such file")
+    kw = {"head": args.head, "normalization": args.normalization, "pretrained": args.pretrained,
+          "weights": args.weights}  # fmt: skip
+    if args.backbone == "vgg16_bn" and args.gate_stages in (None, [2, 3]):
+        return ab.attnmel_vgg16(num_classes, **kw)
+    return ab.AttentionGatedNet(args.backbone, tuple(args.gate_stages or (2, 3)), num_classes, **kw)
+
+
+def metric_fn_for(dataset: Any, multiclass: bool):
+    names = dataset.class_names
+
+    def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        if multiclass:
+            return report.flatten_metrics(multiclass_metrics(targets, probs, names))
+        m = binary_metrics(targets, probs[:, 1])
+        return {**m, "mean_auc": m["auc"]}
+
+    return metric_fn
+
+
+@torch.no_grad()
+def attention_outputs(net: ab.AttentionGatedNet, dataset: Any, device: torch.device, n: int):
+    """Images, masks, ids, and the gates' maps of the first ``n`` items of ``dataset``."""
+    net.eval()
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    x = torch.stack([it["image"] for it in items]).to(device)
+    _, maps = net.forward_with_attention(x)
+    masks = torch.stack([it["mask"] for it in items])
+    has = torch.stack([it["has_mask"] for it in items])
+    return x, masks, has, [it["id"] for it in items], maps
+
+
+def jaccard_on(net: ab.AttentionGatedNet, dataset: Any, device: torch.device, batch: int) -> dict:
+    """Mean attention Jaccard per gate over the images of ``dataset`` that have a lesion mask."""
+    sums, count = None, 0
+    for start in range(0, len(dataset), batch):
+        idx = range(start, min(start + batch, len(dataset)))
+        _, masks, has, _, maps = attention_outputs(net, Subset(dataset, list(idx)), device, batch)
+        if not has.any():
+            continue
+        j = [attention_jaccard(m.cpu(), masks, valid=has, reduction="none") for m in maps]
+        vals = [float(torch.nan_to_num(v[has]).sum()) for v in j]
+        sums = vals if sums is None else [a + b for a, b in zip(sums, vals, strict=True)]
+        count += int(has.sum())
+    if not count or sums is None:
+        return {}
+    return {f"gate{k}": s / count for k, s in enumerate(sums)} | {"images": count}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    synthetic = args.data_root is None
+    if synthetic and args.dataset != "isic2017":
+        raise ValueError(
+            f"--dataset {args.dataset} needs --data-root (the synthetic default is ISIC 2017)"
+        )
+    cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    if args.roi == "lesion" and args.normalization != "sigmoid":
+        raise ValueError(
+            "--roi lesion needs --normalization sigmoid (a softmax map scores Dice ~0)"
+        )
+    device = cli.resolve_device(args.device)
+    cli.check_amp(args.amp, device)
+    info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    _, _, task, mel_index, layout = DATASETS[args.dataset]
+    root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
+    cli.check_layout(root, layout, args.dataset.upper())
+    args.out = args.out or cli.default_out_dir(SCRIPT)
+    out = cli.prepare_out_dir(args.out, args.resume, root) if info.is_main else Path(args.out)
+    info.barrier()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    splits = build_datasets(args, root, info)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    multiclass = args.dataset == "isic2018"
+    num_classes = len(train.class_names)
+    sampler = OversamplingSampler(
+        train.labels, repeats={mel_index: args.oversample}, seed=args.seed
+    )
+    dl = {"batch_size": args.batch_size, "num_workers": args.workers}
+    train_loader = DataLoader(
+        train, sampler=sampler, drop_last=len(sampler) > args.batch_size, **dl
+    )
+    val_loader = DataLoader(val, sampler=ShardSampler(len(val), info.rank, info.world_size), **dl)
+    test_loader = DataLoader(
+        test, sampler=ShardSampler(len(test), info.rank, info.world_size), **dl
+    )
+
+    torch.manual_seed(args.seed)
+    net = build_model(args, num_classes)
+    if net.load_report is not None and info.is_main:
+        logging.info("backbone weights %s: %s", args.weights, net.load_report)
+    if args.roi == "lesion" and len(net.gates) != len(args.lambdas):
+        raise ValueError(
+            f"--lambdas needs one weight per gate ({len(net.gates)}), got {args.lambdas}"
+        )
+    model = WithAttention(net)
+    focal = ab.FocalLoss(gamma=args.focal_gamma)
+    dice = ab.DiceAttentionRegularizer(weights=args.lambdas) if args.roi == "lesion" else None
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
+        weight_decay=args.weight_decay,
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+
+    def loss_fn(batch: dict, output: tuple[Tensor, list[Tensor]], _model: nn.Module):
+        logits, maps = output
+        loss = focal(logits.float(), batch["label"])
+        if dice is None:
+            return loss
+        reg = dice([m.float() for m in maps], batch["mask"], valid=batch["has_mask"])
+        return loss + reg, {"focal": loss.detach(), "dice": reg.detach()}
+
+    run_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    trainer = Trainer(
+        model, loss_fn, optimizer, out, device, scheduler=scheduler,
+        metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, seed=args.seed,
+        patience=args.patience, run_config=run_config, dist_info=info, progress=args.progress,
+    )  # fmt: skip
+    if info.is_main:
+        cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
+                        datasets={k: v.summary() for k, v in splits.items()},
+                        world_size=info.world_size)  # fmt: skip
+        print(f"{SCRIPT}: {args.backbone} ({args.head}, roi {args.roi}) on {args.dataset}, "
+              f"{len(train)} train / {len(val)} val / {len(test)} test images"
+              f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
+
+    history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
+    best_epoch = trainer.load_best()
+    preds = predict(
+        trainer.module, test_loader, device, amp=args.amp, channels_last=args.channels_last,
+        dist_info=info, progress=args.progress, desc="test",
+    )  # fmt: skip
+    if multiclass:
+        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names)
+        scores, columns = preds.probs, list(train.csv_columns)
+    else:
+        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1])}
+        metrics["mean_auc"] = metrics[task]["auc"]
+        scores, columns = preds.probs[:, 1:], [train.csv_columns[0]]
+    if info.is_main:
+        if net.gates:
+            metrics["attention_jaccard"] = {
+                split: jaccard_on(net, ds, device, args.batch_size)
+                for split, ds in (("val", val), ("test", test))
+            }
+        cli.write_json(out / "metrics.json", metrics)
+        write_predictions_csv(
+            out / "predictions.csv", preds.ids, scores, columns, test.csv_id_column
+        )
+        plots = out / "plots"
+        viz.plot_curves(history, plots / "curves.png")
+        if multiclass:
+            viz.plot_confusion(
+                metrics["confusion_matrix"], train.class_names, plots / "confusion.png"
+            )
+        if net.gates:
+            x, masks, _, ids, maps = attention_outputs(net, test, device, args.overlay_images)
+            names = {0: "pool-3", 1: "pool-4"} if args.backbone == "vgg16_bn" else {}
+            over = {f"{names.get(k, f'gate {k}')} attention": ab.overlay_maps(m, x.shape[-2:])
+                    for k, m in enumerate(maps)}  # fmt: skip
+            over["lesion mask"] = masks.float()
+            images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+            viz.save_overlays(images, over, plots / "attention.png", ids)
+        title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
+        if multiclass:
+            print(report.format_multiclass_table(metrics, title))
+        else:
+            m = metrics[task]
+            print(f"{title}\n{task}: AUC {m['auc']:.4f}  AP {m['ap']:.4f}  ACC {m['accuracy']:.4f}  "
+                  f"SEN {m['sensitivity']:.4f}  SPE {m['specificity']:.4f}")  # fmt: skip
+        for split, j in metrics.get("attention_jaccard", {}).items():
+            if j:
+                gates = ", ".join(f"{k} {v:.3f}" for k, v in j.items() if k != "images")
+                print(
+                    f"attention Jaccard with lesion masks ({split}, {j['images']} images): {gates}"
+                )
+        print(f"metrics:     {out / 'metrics.json'}")
+        print(f"predictions: {out / 'predictions.csv'}")
+        print(f"plots:       {plots}/ ({', '.join(sorted(p.name for p in plots.glob('*.png')))})")
+    return metrics
+
+
+if __name__ == "__main__":
+    cli.run_cli(main)
