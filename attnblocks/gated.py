@@ -17,6 +17,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import is_model_in_modules
 from torch import Tensor, nn
 
 from .backbones import is_features_only, load_backbone_weights, num_stages, stage_features
@@ -113,9 +114,11 @@ class AttentionGatedNet(nn.Module):
             )
         dd = {"device": device, "dtype": dtype}
         if isinstance(backbone, str):
-            model = timm.create_model(
-                backbone, pretrained=pretrained, **(backbone_kwargs or {}), **dd
-            )
+            kwargs = dict(backbone_kwargs or {})
+            if not pretrained and is_model_in_modules(backbone.split(".")[0], ["vgg"]):
+                # the VGG head (120M parameters) is discarded: build it 1-wide instead of 4096-wide
+                kwargs.setdefault("mlp_ratio", 1 / 4096)
+            model = timm.create_model(backbone, pretrained=pretrained, **kwargs, **dd)
         elif isinstance(backbone, nn.Module):
             if pretrained or backbone_kwargs:
                 raise ValueError(
