@@ -304,3 +304,24 @@ def test_dice_properties_random_shapes_and_encodings(n, h, w, scale, encoding, r
     if scale == 1 and bool(valid.any()) and bool(mask[valid].flatten(1).any(1).all()):
         perfect = reg([mask.float()], encoded, valid=valid)
         assert perfect.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_real_isic_masks_through_the_attnmel_loss():
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import shared_subset
+
+    root = shared_subset("isic2017_256_mini")
+    mask_files = sorted((root / "ISIC-2017_Training_Part1_GroundTruth").glob("*.png"))[:4]
+    assert mask_files, f"no masks under {root}"
+    masks = torch.stack([torch.from_numpy(np.array(Image.open(f))) for f in mask_files])
+    assert masks.dtype == torch.uint8 and set(masks.unique().tolist()) <= {0, 255}
+    reg = ab.DiceAttentionRegularizer(weights=(1.0, 1.0))
+    pooled = [F.adaptive_avg_pool2d(masks[:, None].float() / 255, s) for s in (32, 16)]
+    in_place = reg([(p > 0.5).float() for p in pooled], masks)
+    shifted = reg([(p.roll(8 * i + 6, dims=-1) > 0.5).float() for i, p in enumerate(pooled)], masks)
+    flipped = reg([(p.flip(-1).flip(-2) > 0.5).float() for p in pooled], masks)
+    assert in_place.item() < 0.1 < shifted.item() and in_place.item() < flipped.item()
+    torch.testing.assert_close(reg(pooled, masks > 127), reg(pooled, masks))
+    torch.testing.assert_close(reg(pooled, masks.float() / 255), reg(pooled, masks))
