@@ -32,7 +32,8 @@ exact); with ``cache_dir`` as well, resized copies are stored once in a
 :class:`~examples.isic.cache.ResizedImageCache` (built at construction with ``cache_workers``
 processes and a progress bar). ``skip_bad=True`` decodes every image at construction and leaves the
 unreadable ones out with a logged warning (counted in ``summary()``); otherwise a bad image raises
-an error naming the file.
+an error naming the file. ``load_masks=False`` skips reading masks (``has_mask`` False, ``mask``
+zeros, the transform sees the image alone): faster where masks are not used (ARL).
 """
 
 from __future__ import annotations
@@ -143,9 +144,11 @@ class ISICDataset(torch.utils.data.Dataset):
         cache_workers: int = 0,
         skip_bad: bool = False,
         progress: bool = True,
+        load_masks: bool = True,
         source: str = "",
     ) -> None:
         self.root = Path(root)
+        self.load_masks = load_masks
         self.task = task
         self.transform = transform
         self.image_size = image_size
@@ -165,7 +168,7 @@ class ISICDataset(torch.utils.data.Dataset):
         bad: set[int] = set()
         if self.cache is not None:
             failures = self.cache.build(
-                zip(image_paths, mask_paths, strict=True),
+                zip(image_paths, mask_paths if load_masks else [None] * len(ids), strict=True),
                 workers=cache_workers,
                 progress=progress,
                 skip_errors=skip_bad,
@@ -210,30 +213,37 @@ class ISICDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return self.summary()
 
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask, bool]:
-        """Decoded (and resized/cached) image ``(3, H, W)`` uint8 and mask ``(1, H, W)`` 0/1."""
-        path, mask_path = self.image_paths[index], self.mask_paths[index]
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
+        """Decoded (resized/cached) image ``(3, H, W)`` uint8 and mask ``(1, H, W)`` 0/1 or None."""
+        path = self.image_paths[index]
+        mask_path = self.mask_paths[index] if self.load_masks else None
         if self.cache is not None:
-            im = self.cache.get_image(path)
-            mask = None if mask_path is None else self.cache.get_mask(mask_path, im.size)
+            image = self.cache.get_image_tensor(path)
+            h, w = image.shape[-2:]
+            mask = None if mask_path is None else self.cache.get_mask_tensor(mask_path, (w, h))
         else:
             im = load_image(path, self.image_size)
-            mask = None if mask_path is None else load_mask(mask_path, im.size)
-        image = tv_tensors.Image(TF.pil_to_tensor(im))
-        if mask is None:
-            m = torch.zeros((1, im.height, im.width), dtype=torch.uint8)
-        else:
-            m = (TF.pil_to_tensor(mask) > 0).to(torch.uint8)
-        return image, tv_tensors.Mask(m), mask is not None
+            image = TF.pil_to_tensor(im)
+            mask = None
+            if mask_path is not None:
+                mask = (TF.pil_to_tensor(load_mask(mask_path, im.size)) > 0).to(torch.uint8)
+        return tv_tensors.Image(image), None if mask is None else tv_tensors.Mask(mask)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask, has_mask = self.load(index)
+        image, mask = self.load(index)
+        has_mask = mask is not None
         if self.transform is not None:
-            image, mask = self.transform(image, mask)
+            if has_mask:
+                image, mask = self.transform(image, mask)
+            else:  # nothing to move along: transform the image alone
+                image = self.transform(image)
         image = image.as_subclass(torch.Tensor)
         if not image.is_floating_point():
             image = image.float().div_(255)
-        mask = mask.as_subclass(torch.Tensor).float()
+        if has_mask:
+            mask = mask.as_subclass(torch.Tensor).float()
+        else:
+            mask = torch.zeros((*image.shape[:-3], 1, *image.shape[-2:]))
         label = self.labels[index]
         label = torch.as_tensor(label, dtype=torch.float32 if label.ndim else torch.long)
         return {

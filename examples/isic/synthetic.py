@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASS_FRACTIONS", "default_synthetic_root", "make_synthetic_isic2017"]
+__all__ = ["CLASS_FRACTIONS", "default_synthetic_root", "make_synthetic_isic2017", "render_lesion"]
 
 #: fraction of (nevus, melanoma, seborrheic keratosis) images per split
 CLASS_FRACTIONS = (0.45, 0.30, 0.25)
@@ -64,7 +64,7 @@ def _lesion_mask(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
     return np.hypot(yy - cy, xx - cx) <= r0 * r
 
 
-def _render(rng: np.random.Generator, cls: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_lesion(rng: np.random.Generator, cls: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One ``(size, size, 3)`` uint8 image and its boolean lesion mask; ``cls`` 0/1/2.
 
     The class-conditional ranges of size, irregularity, darkness and colour overlap, so that the
@@ -127,7 +127,7 @@ def _write_split(root: Path, split: str, n: int, size: int, rng: np.random.Gener
     lines = ["image_id,melanoma,seborrheic_keratosis"]
     for k, cls in enumerate(classes):
         image_id = f"ISIC_{start + k:07d}"
-        img, mask = _render(rng, int(cls), size)
+        img, mask = render_lesion(rng, int(cls), size)
         Image.fromarray(img).save(data_dir / f"{image_id}.jpg", quality=90)
         Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{image_id}_segmentation.png")
         if k < 2:  # decoys, as in the official folders: not listed in the CSV

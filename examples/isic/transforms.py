@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import PIL.Image
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
@@ -69,9 +70,9 @@ BILINEAR = v2.InterpolationMode.BILINEAR
 
 def _size_of(flat_inputs: list[Any]) -> tuple[int, int]:
     for inpt in flat_inputs:
-        if isinstance(inpt, tv_tensors.Image | tv_tensors.Mask | Tensor):
+        if isinstance(inpt, Tensor | PIL.Image.Image):
             return tuple(F.get_size(inpt))
-    raise TypeError("expected an image or mask tensor among the inputs")
+    raise TypeError("expected an image (tensor or PIL) or mask tensor among the inputs")
 
 
 def gray_world(image: Tensor, eps: float = 1e-6) -> Tensor:
