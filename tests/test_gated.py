@@ -261,3 +261,18 @@ def test_bad_arguments():
     net = ab.AttentionGatedNet("resnet18", (2, 3))
     with pytest.raises(ValueError, match=r"input must be \(N, C, H, W\), got \(3, 32, 32\)"):
         net(torch.randn(3, 32, 32))
+
+
+def test_convert_state_dict_detects_layouts_and_device_dtype():
+    target = timm.create_model("efficientnet_lite0")
+    theirs = _to_efficientnet_pytorch(target)
+    converted, layout = ab.convert_state_dict(theirs, target)
+    assert layout == "efficientnet_pytorch"
+    assert set(converted) == set(target.state_dict())
+    same, layout = ab.convert_state_dict(target.state_dict(), target)
+    assert layout == "timm" and same.keys() == target.state_dict().keys()
+    with pytest.raises(ValueError, match=r"unknown checkpoint layout 'keras'"):
+        ab.convert_state_dict(theirs, target, layout="keras")
+    net = ab.AttentionGatedNet("resnet18", (2, 3), 2, dtype=torch.float64).eval()
+    assert {p.dtype for p in net.parameters()} == {torch.float64}
+    assert net(torch.randn(1, 3, 40, 40, dtype=torch.float64)).dtype == torch.float64
