@@ -100,6 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--stage1-from", type=Path, default=None,
                    help="start stage 2 from the stage-1 state of another run folder "
                         "(same settings and seed; saves recomputing stage 1)")  # fmt: skip
+    g.add_argument("--val-fraction", type=float, default=0.1, help="lesion split (default 0.1)")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="lesion split (default 0.2)")
     g.add_argument("--synthetic-n", type=int, default=400, help="synthetic images (no data root)")
     g.add_argument("--limit", type=int, default=None, help="use at most N images per split")
     args = p.parse_args(argv)
@@ -156,7 +158,7 @@ class BoxedISIC(Dataset):
         if boxes == "saliency":
             found = []
             for i in range(len(base)):
-                image, _, _ = base.load(i)
+                image, _ = base.load(i)
                 box, valid = ab.boxes_from_saliency(image[None].float() / 255, margin=margin)
                 found.append(torch.cat([box[0], valid.float()]))
             self.saliency = torch.stack(found) if found else torch.zeros(0, 5)
@@ -165,7 +167,10 @@ class BoxedISIC(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image, mask, has_mask = self.base.load(i)
+        image, mask = self.base.load(i)
+        has_mask = mask is not None
+        if mask is None:
+            mask = tv_tensors.Mask(torch.zeros((1, *image.shape[-2:]), dtype=torch.uint8))
         if self.saliency is not None:
             h, w = image.shape[-2:]
             box = tv_tensors.BoundingBoxes(
@@ -219,7 +224,14 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
     load_size = max(size) if args.data_root is not None else None
     sets = {}
     for split in ("train", "val", "test"):
-        base = ISIC2018Dataset(root, split, split_file=out / "split.json", image_size=load_size)
+        base = ISIC2018Dataset(
+            root, split, split_file=out / "split.json", image_size=load_size,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        )  # fmt: skip
+        if len(base) == 0:
+            raise ValueError(
+                f"the lesion-grouped {split} split of {root} is empty; raise --{split}-fraction"
+            )
         if args.limit is not None and len(base) > args.limit:
             keep = np.random.default_rng(0).permutation(len(base))[: args.limit]
             keep.sort()

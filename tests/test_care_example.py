@@ -1,0 +1,116 @@
+"""examples/isic2018_care.py end to end on the real ISIC 2018 mini set, and its pieces."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_subset
+from torchvision.transforms import v2
+
+import attnblocks as ab
+from examples import isic2018_care as script
+from examples.isic import ISIC2018Dataset
+
+TINY = ["--arch", "resnet10t", "--image-size", "48", "--batch-size", "8", "--no-progress"]
+TINY += ["--val-fraction", "0.2", "--test-fraction", "0.2"]
+
+
+def _run(root: Path, out: Path, *extra: str) -> dict:
+    argv = ["--data-root", str(root), "--out", str(out), *TINY, *extra]
+    return script.main(["--epochs", "2", "--stage1-epochs", "1", *argv])
+
+
+def test_end_to_end_on_real_mini(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    metrics = _run(root, tmp_path / "care")
+    printed = capsys.readouterr().out
+    assert "ISIC 2018 test (CARE" in printed and "bal. acc." in printed and "VASC" in printed
+    out = tmp_path / "care"
+    for name in ("config.json", "log.csv", "metrics.json", "predictions.csv", "split.json"):
+        assert (out / name).is_file(), name
+    for name in ("confusion.png", "curves.png", "attention_rare.png"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    assert (out / "checkpoints" / "last.pt").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["rare_classes"] == ["DF", "VASC", "AKIEC"] and saved["care"] is True
+    cm = torch.tensor(saved["confusion_matrix"])
+    assert cm.shape == (7, 7) and cm.sum() == len(
+        ISIC2018Dataset(root, "test", split_file=out / "split.json")
+    )
+    assert 0 <= metrics["balanced_accuracy"] <= 1
+    log = (out / "log.csv").read_text().splitlines()
+    header, stage1, stage2 = (line.split(",") for line in log)
+    row1, row2 = dict(zip(header, stage1, strict=True)), dict(zip(header, stage2, strict=True))
+    assert row1["stage"] == "1" and float(row1["train_care"]) == 0.0
+    assert row2["stage"] == "2" and float(row2["care_enabled"]) == 1.0
+    assert float(row2["train_boxed"]) > 0 and float(row2["train_care"]) != 0.0
+    # the checkpoint is the plain timm model: it loads without attnblocks in the way
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    import timm
+
+    timm.create_model("resnet10t", num_classes=7).load_state_dict(state["model"])
+
+
+def _log(out: Path) -> list[dict[str, str]]:
+    """log.csv rows without the timing columns (which differ between runs)."""
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    return [
+        {k: v for k, v in r.items() if k not in ("train_img_s", "epoch_s", "best")} for r in rows
+    ]
+
+
+@pytest.mark.slow
+def test_baseline_shares_stage1_and_resume_is_exact(tmp_path: Path) -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    _run(root, tmp_path / "care")
+    _run(root, tmp_path / "base", "--no-care")
+    care, base = _log(tmp_path / "care"), _log(tmp_path / "base")
+    assert care[0] == base[0]  # identical stage 1
+    assert care[1]["train_care"] != base[1]["train_care"] and base[1]["train_care"] == "0.0"
+    # stage 2 from the shared stage-1 state gives the uninterrupted run's numbers
+    argv = ["--data-root", str(root), *TINY, "--epochs", "1", "--stage1-epochs", "1"]
+    script.main([*argv, "--out", str(tmp_path / "s1")])
+    argv = ["--data-root", str(root), *TINY, "--epochs", "2", "--stage1-epochs", "1"]
+    script.main([*argv, "--out", str(tmp_path / "s2"), "--stage1-from", str(tmp_path / "s1")])
+    assert _log(tmp_path / "s2") == care
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    with pytest.raises(ValueError, match=r"--rare-classes \['FOO'\] not in the label set"):
+        _run(root, tmp_path / "a", "--rare-classes", "DF,FOO")
+    with pytest.raises(ValueError, match=r"target layer 'layer9' not found.*closest"):
+        _run(root, tmp_path / "b", "--target-layer", "layer9")
+    with pytest.raises(ValueError, match="--stage1-epochs 3 must lie in"):
+        _run(root, tmp_path / "c", "--stage1-epochs", "3")
+    with pytest.raises(ValueError, match="--stage1-from: no checkpoint"):
+        _run(root, tmp_path / "d", "--stage1-from", str(tmp_path / "missing"))
+
+
+def test_boxed_dataset_boxes_follow_the_transform() -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    base = ISIC2018Dataset(root, "all")
+    resize = v2.Compose(
+        [v2.Resize((75, 100), antialias=True), v2.ToDtype(torch.float32, scale=True)]
+    )
+    flip = v2.Compose([resize, v2.RandomHorizontalFlip(1.0)])
+    for mode in ("mask", "saliency"):
+        plain = script.BoxedISIC(base, resize, mode, 0.0)
+        flipped = script.BoxedISIC(base, flip, mode, 0.0)
+        for i in range(0, len(base), 7):
+            a, b = plain[i], flipped[i]
+            assert a["box_valid"] and b["box_valid"]
+            mirrored = torch.stack([100 - a["box"][2], a["box"][1], 100 - a["box"][0], a["box"][3]])
+            torch.testing.assert_close(b["box"], mirrored, atol=1e-4, rtol=0)
+    # mask boxes are the tight boxes of the (resized) masks
+    image, mask = base.load(0)
+    _, small = resize(image, mask)
+    expected, _ = ab.boxes_from_masks(small[None].float())
+    torch.testing.assert_close(script.BoxedISIC(base, resize, "mask", 0.0)[0]["box"], expected[0])
+    # saliency boxes are computed on the un-augmented image and scaled with it
+    full = script.BoxedISIC(base, v2.ToDtype(torch.float32, scale=True), "saliency", 0.0)
+    torch.testing.assert_close(plain[0]["box"], full[0]["box"] / 2, atol=1e-4, rtol=0)
