@@ -316,3 +316,50 @@ def test_2016_layout(synth, tmp_path):
     (root / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text("ISIC_0000000,maybe\n")
     with pytest.raises(ValueError, match="benign/malignant or 0/1"):
         ISIC2016Dataset(root, "test")
+
+
+def _write_2018(root: Path, n: int = 14) -> list[str]:
+    gt = root / "ISIC2018_Task3_Training_GroundTruth"
+    data = root / "ISIC2018_Task3_Training_Input"
+    gt.mkdir(parents=True)
+    data.mkdir()
+    ids = [f"ISIC_{24306 + k:07d}" for k in range(n)]
+    lines = ["image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"]
+    for k, i in enumerate(ids):
+        Image.new("RGB", (20, 16), (k * 10, 80, 90)).save(data / f"{i}.jpg")
+        lines.append(",".join([i, *("1.0" if c == k % 7 else "0.0" for c in range(7))]))
+    (gt / "ISIC2018_Task3_Training_GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def test_2018_lesion_groups_sources_and_bad_csv(tmp_path, caplog):
+    from examples.isic import read_lesion_groups
+
+    root = tmp_path / "isic2018"
+    ids = _write_2018(root)
+    with caplog.at_level("WARNING"):
+        assert read_lesion_groups(root, ids) == {i: i for i in ids}  # no file: one group each
+    assert "splitting by image" in caplog.text
+    grouping = (
+        root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_LesionGroupings.csv"
+    )
+    grouping.write_text(
+        "image,lesion_id\n" + "".join(f"{i},L{k // 2}\n" for k, i in enumerate(ids))
+    )
+    groups = read_lesion_groups(root, ids)
+    assert groups[ids[0]] == groups[ids[1]] == "L0" != groups[ids[2]]
+    (root / "HAM10000_metadata.csv").write_text("lesion,image_id\nx,y\n")
+    with pytest.raises(ValueError, match=r"HAM10000_metadata\.csv.*lesion_id"):
+        read_lesion_groups(root, ids)
+    (root / "HAM10000_metadata.csv").unlink()
+    ds = ISIC2018Dataset(root, "all")
+    assert ds.lesion_ids[:3] == ["L0", "L0", "L1"] and ds.task == "7class"
+    csv_path = (
+        root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"
+    )
+    csv_path.write_text("image,MEL,NV\nISIC_0024306,1.0,0.0\n")
+    with pytest.raises(ValueError, match=r"Training_GroundTruth\.csv.*BCC"):
+        ISIC2018Dataset(root, "all")
+    csv_path.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0024306,1.0,1.0,0,0,0,0,0\n")
+    with pytest.raises(ValueError, match="not one-hot"):
+        ISIC2018Dataset(root, "all")
