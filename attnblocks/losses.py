@@ -253,14 +253,16 @@ def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
         return mask.float()
     check = not torch.compiler.is_compiling()
     if mask.dtype == torch.uint8:
-        if check and bool(mask.gt(1).any()):
-            if bool(((mask != 0) & (mask != 255)).any()):
-                raise ValueError(
-                    "DiceAttentionRegularizer: uint8 masks must hold {0, 1} or {0, 255}, got values "
-                    f"{mask.unique()[:10].tolist()}"
-                )
-            return mask.float() / 255.0
-        return mask.float()
+        # {0, 1} or {0, 255}: the encoding is told by the maximum, without a data-dependent branch
+        if check and bool(
+            ((mask > 1) & (mask != 255)).any() or (mask.gt(1).any() & (mask == 1).any())
+        ):
+            raise ValueError(
+                "DiceAttentionRegularizer: uint8 masks must hold {0, 1} or {0, 255}, got values "
+                f"{mask.unique()[:10].tolist()}"
+            )
+        scale = torch.where(mask.amax() > 1, 255.0, 1.0)
+        return mask.float() / scale
     if mask.is_floating_point():
         mask = mask.float()
         if check and bool(((mask < 0) | (mask > 1) | mask.isnan()).any()):

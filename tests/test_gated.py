@@ -276,3 +276,15 @@ def test_convert_state_dict_detects_layouts_and_device_dtype():
     net = ab.AttentionGatedNet("resnet18", (2, 3), 2, dtype=torch.float64).eval()
     assert {p.dtype for p in net.parameters()} == {torch.float64}
     assert net(torch.randn(1, 3, 40, 40, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_attnmel_compiles_fullgraph(attnmel):
+    net = attnmel.eval()
+    compiled = torch.compile(net.forward_with_attention, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        logits, maps = compiled(x)
+        ref_logits, ref_maps = net.forward_with_attention(x)
+    torch.testing.assert_close(logits, ref_logits)
+    for ours, ref in zip(maps, ref_maps, strict=True):
+        torch.testing.assert_close(ours, ref)

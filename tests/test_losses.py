@@ -325,3 +325,24 @@ def test_real_isic_masks_through_the_attnmel_loss():
     assert in_place.item() < 0.1 < shifted.item() and in_place.item() < flipped.item()
     torch.testing.assert_close(reg(pooled, masks > 127), reg(pooled, masks))
     torch.testing.assert_close(reg(pooled, masks.float() / 255), reg(pooled, masks))
+
+
+def test_losses_compile_fullgraph_with_the_same_numbers():
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 1, -100, 0])
+    focal = ab.FocalLoss(alpha=[1.0, 2.0, 0.5])
+    compiled = torch.compile(focal, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(logits, target), focal(logits, target))
+    reg = ab.DiceAttentionRegularizer()
+    compiled_reg = torch.compile(reg, fullgraph=True, backend="eager")
+    maps = [torch.rand(2, 1, 8, 8), torch.rand(2, 1, 4, 4)]
+    mask = torch.rand(2, 32, 32) > 0.5
+    valid = torch.tensor([True, False])
+    for encoded in (mask, mask.to(torch.uint8), mask.to(torch.uint8) * 255, mask.float()):
+        torch.testing.assert_close(compiled_reg(maps, encoded, valid), reg(maps, mask, valid))
+
+
+def test_uint8_mask_mixing_encodings_is_rejected():
+    mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask[0, 0, 0], mask[0, 1, 1] = 1, 255
+    with pytest.raises(ValueError, match=r"\{0, 1\} or \{0, 255\}, got values \[0, 1, 255\]"):
+        ab.DiceAttentionRegularizer(weights=(1.0,))([torch.rand(1, 1, 4, 4)], mask)
