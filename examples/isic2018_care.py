@@ -103,7 +103,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--val-fraction", type=float, default=0.1, help="lesion split (default 0.1)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="lesion split (default 0.2)")
     g.add_argument("--synthetic-n", type=int, default=400, help="synthetic images (no data root)")
-    g.add_argument("--limit", type=int, default=None, help="use at most N images per split")
+    g.add_argument("--train-limit", type=int, default=None,
+                   help="train on a random subset of N training images (val/test stay whole)")  # fmt: skip
     args = p.parse_args(argv)
     use_quick = args.quick or args.data_root is None
     resolve_profile(args, PAPER, QUICK, use_quick)
@@ -232,8 +233,8 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
             raise ValueError(
                 f"the lesion-grouped {split} split of {root} is empty; raise --{split}-fraction"
             )
-        if args.limit is not None and len(base) > args.limit:
-            keep = np.random.default_rng(0).permutation(len(base))[: args.limit]
+        if split == "train" and args.train_limit is not None and len(base) > args.train_limit:
+            keep = np.random.default_rng(args.seed).permutation(len(base))[: args.train_limit]
             keep.sort()
             base.ids = [base.ids[k] for k in keep]
             base.image_paths = [base.image_paths[k] for k in keep]
