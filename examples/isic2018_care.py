@@ -359,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train_loader, eval_loader["val"], args.epochs, resume=resume, on_epoch_end=on_epoch_end
     )
 
-    chosen = trainer.load_best() if args.select == "best" else args.epochs - 1
+    has_best = (out / "checkpoints" / "best.pt").is_file()  # none when there is no stage 2
+    chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
     preds = predict(trainer.module, eval_loader["test"], device, amp=args.amp,
                     channels_last=args.channels_last, dist_info=dist)  # fmt: skip
     metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)

@@ -114,3 +114,12 @@ def test_boxed_dataset_boxes_follow_the_transform() -> None:
     # saliency boxes are computed on the un-augmented image and scaled with it
     full = script.BoxedISIC(base, v2.ToDtype(torch.float32, scale=True), "saliency", 0.0)
     torch.testing.assert_close(plain[0]["box"], full[0]["box"] / 2, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_saliency_boxes_end_to_end(tmp_path: Path) -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    metrics = _run(root, tmp_path / "sal", "--boxes", "saliency", "--outer", "distance")
+    row = _log(tmp_path / "sal")[1]
+    assert row["stage"] == "2" and float(row["train_boxed"]) > 0
+    assert float(row["train_care"]) != 0.0 and 0 <= metrics["balanced_accuracy"] <= 1
