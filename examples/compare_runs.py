@@ -1,0 +1,133 @@
+"""Compare repeated runs of two methods: mean and spread per metric, and the two-sample t-test of the
+ARL paper (Sec. V-G: ARL-CNN50 vs ResNet-50 over repeated runs).
+
+    python examples/compare_runs.py --a runs/arl-*/metrics.json --b runs/resnet-*/metrics.json \\
+        --names ARL-CNN14 ResNet-14
+
+Each file is an ``OUT/metrics.json`` of the example scripts. Every numeric leaf present in all
+files is compared (``mean_auc``, ``melanoma.auc``, ...; ``--metrics`` picks some). The test is
+Student's two-sample t-test with pooled variance (``--welch`` for unequal variances), two-sided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+__all__ = ["compare", "format_comparison", "load_runs", "main"]
+
+
+def _leaves(obj: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_leaves(v, f"{key}."))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[dict[str, float]]:
+    """Read metrics JSON files into flat ``{"melanoma.auc": value, ...}`` dicts."""
+    runs = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"no metrics file at {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{path}: expected a JSON object of metrics, got {type(data).__name__}"
+            )
+        runs.append(_leaves(data))
+    return runs
+
+
+def compare(
+    a: Sequence[Mapping[str, float]],
+    b: Sequence[Mapping[str, float]],
+    metrics: Sequence[str] | None = None,
+    welch: bool = False,
+) -> list[dict[str, Any]]:
+    """Per metric: n, mean and sample std of each group, the difference, t and the p-value.
+
+    Needs at least two runs per group. ``metrics`` defaults to every key present in all runs.
+    """
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 runs per method for a t-test, got {len(a)} and {len(b)}")
+    common = set.intersection(*(set(r) for r in (*a, *b)))
+    keys = list(metrics) if metrics else sorted(common)
+    missing = [k for k in keys if k not in common]
+    if missing:
+        raise ValueError(f"metrics {missing} are not in every run; available: {sorted(common)}")
+    rows = []
+    for k in keys:
+        xa = np.array([r[k] for r in a], dtype=np.float64)
+        xb = np.array([r[k] for r in b], dtype=np.float64)
+        if np.isnan(xa).any() or np.isnan(xb).any():
+            continue
+        t, p = stats.ttest_ind(xa, xb, equal_var=not welch)
+        rows.append({
+            "metric": k, "n_a": len(xa), "mean_a": xa.mean(), "std_a": xa.std(ddof=1),
+            "n_b": len(xb), "mean_b": xb.mean(), "std_b": xb.std(ddof=1),
+            "diff": xa.mean() - xb.mean(), "t": float(t), "p": float(p),
+        })  # fmt: skip
+    return rows
+
+
+def format_comparison(rows: Sequence[Mapping[str, Any]], names: Sequence[str] = ("A", "B")) -> str:
+    """A text table: metric, mean +- std of each method, difference, t and p."""
+    a, b = names
+    head = f"{'metric':<34} {a:>17} {b:>17} {'diff':>8} {'t':>7} {'p':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        t = "nan" if math.isnan(r["t"]) else f"{r['t']:7.3f}"
+        p = "nan" if math.isnan(r["p"]) else f"{r['p']:8.4f}"
+        lines.append(
+            f"{r['metric']:<34} {r['mean_a']:8.4f} +- {r['std_a']:.4f} "
+            f"{r['mean_b']:8.4f} +- {r['std_b']:.4f} {r['diff']:+8.4f} {t:>7} {p:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", nargs="+", required=True, help="metrics.json files of method A")
+    p.add_argument("--b", nargs="+", required=True, help="metrics.json files of method B")
+    p.add_argument("--names", nargs=2, default=("A", "B"), help="the two methods' names")
+    p.add_argument("--metrics", nargs="+", default=None, help="e.g. mean_auc melanoma.auc")
+    p.add_argument("--welch", action="store_true", help="Welch's t-test (unequal variances)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = p.parse_args(argv)
+    rows = compare(load_runs(args.a), load_runs(args.b), args.metrics, args.welch)
+    test = "Welch" if args.welch else "Student (pooled variance)"
+    print(f"{args.names[0]}: {len(args.a)} runs, {args.names[1]}: {len(args.b)} runs; "
+          f"two-sided {test} two-sample t-test")  # fmt: skip
+    print(format_comparison(rows, args.names))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

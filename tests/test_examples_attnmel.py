@@ -1,0 +1,104 @@
+"""examples/isic2017_attnmel.py end to end on tiny synthetic data and on the real ISIC samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_subset
+
+from examples import isic2017_attnmel as attnmel
+from examples.isic import ISIC2017Dataset, binary_metrics, make_synthetic_isic2017
+
+TINY = ["--image-size", "32", "--batch-size", "8", "--backbone", "resnet18", "--no-progress",
+        "--overlay-images", "2", "--oversample", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "isic2017"
+    return make_synthetic_isic2017(root, n_train=12, n_val=6, n_test=9, size=48, seed=1)
+
+
+def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = attnmel.main(["--data-root", str(tiny_root), "--out", str(out), "--epochs", "1",
+                            "--roi", "lesion", *TINY])  # fmt: skip
+    for rel in ("config.json", "log.csv", "metrics.json", "predictions.csv", "checkpoints/best.pt",
+                "plots/curves.png", "plots/attention.png"):  # fmt: skip
+        assert (out / rel).is_file(), rel
+    with open(out / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    row = log[0]
+    # loss = focal + Dice term, both logged; the Dice term is lambda-weighted and in [0, 0.011]
+    assert float(row["train_loss"]) == pytest.approx(
+        float(row["train_focal"]) + float(row["train_dice"]), rel=1e-5
+    )
+    assert 0 < float(row["train_dice"]) <= 1e-3 + 1e-2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["mean_auc"] == saved["melanoma"]["auc"] == pytest.approx(metrics["mean_auc"])
+    jac = saved["attention_jaccard"]
+    assert jac["val"]["images"] == 6 and 0 <= jac["val"]["gate0"] <= 1 and "gate1" in jac["val"]
+    with open(out / "predictions.csv", newline="") as f:
+        preds = list(csv.DictReader(f))
+    truth = ISIC2017Dataset(tiny_root, "test", task="melanoma")
+    assert [p["image_id"] for p in preds] == truth.ids and list(preds[0]) == [
+        "image_id",
+        "melanoma",
+    ]
+    ref = binary_metrics(truth.labels, np.array([float(p["melanoma"]) for p in preds]))
+    assert saved["melanoma"]["auc"] == pytest.approx(ref["auc"], abs=1e-9)
+    assert saved["melanoma"]["ap"] == pytest.approx(ref["ap"], abs=1e-9)
+
+
+def test_model_and_loss_pieces() -> None:
+    args = attnmel.build_parser().parse_args(["--backbone", "resnet18"])
+    torch.manual_seed(0)
+    net = attnmel.build_model(args, 2)
+    model = attnmel.WithAttention(net).eval()
+    x = torch.randn(2, 3, 64, 64)
+    logits, maps = model(x)
+    assert torch.equal(logits, net(x)) and [m.shape[-1] for m in maps] == [8, 4]
+    args = attnmel.build_parser().parse_args([])
+    assert args.backbone is None and args.lambdas == [1e-3, 1e-2] and args.focal_gamma == 2.0
+    assert args.lr_step == 10 and args.lr_gamma == 0.1 and args.oversample == 4
+
+
+def test_bad_inputs(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--roi lesion needs --normalization sigmoid"):
+        attnmel.main(
+            ["--data-root", str(tiny_root), "--roi", "lesion", "--normalization", "softmax", *TINY]
+        )
+    with pytest.raises(ValueError, match="isic2016 needs --data-root"):
+        attnmel.main(["--dataset", "isic2016", *TINY])
+    with pytest.raises(ValueError, match="not an official ISIC2016 layout.*found: ISIC-2017"):
+        attnmel.main(["--dataset", "isic2016", "--data-root", str(tiny_root),
+                      "--out", str(tmp_path / "o"), *TINY])  # fmt: skip
+    with pytest.raises(ValueError, match="--weights .*no such file"):
+        attnmel.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "w"),
+                      "--weights", str(tmp_path / "missing.pth"), *TINY])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
+    root = shared_subset("isic2017_256_mini")
+    metrics = attnmel.main(["--data-root", str(root), "--out", str(tmp_path / "r"), "--epochs", "1",
+                            "--roi", "lesion", *TINY])  # fmt: skip
+    assert 0 <= metrics["mean_auc"] <= 1
+    assert metrics["attention_jaccard"]["val"]["images"] == 10  # val masks; no test masks shipped
+
+
+@pytest.mark.slow
+def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
+    root = shared_subset("isic2018_200x150_mini")
+    out = tmp_path / "r18"
+    metrics = attnmel.main(["--dataset", "isic2018", "--data-root", str(root), "--out", str(out),
+                            "--epochs", "1", "--roi", "lesion", *TINY])  # fmt: skip
+    assert set(metrics["per_class"]) == {"MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}
+    assert (out / "plots" / "confusion.png").is_file()
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
