@@ -65,13 +65,13 @@ PAPER = {
     "limit": None,
 }
 QUICK = {
-    "epochs": 2,
-    "batch_size": 32,
+    "epochs": 3,
+    "batch_size": 16,
     "image_size": 64,
-    "lr": 0.05,
+    "lr": 0.02,
     "arch": "arl_cnn14",
     "patches_per_image": 2,
-    "limit": 90,
+    "limit": 60,
 }
 ARCH_LR = {"arl_cnn50": 1e-4, "arl_cnn14": 1e-2}
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=int,
         default=None,
-        help="use at most N images per split (stratified; quick profile: 90)",
+        help="use at most N images per split (stratified; quick profile: 60)",
     )
     g.add_argument(
         "--load-size",
