@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import merge
+from ._tracing import is_symbolic_tracing
 from .normalize import NormalizationFn, get_normalization
 
 __all__ = [
@@ -238,6 +239,11 @@ class ARLBlock(_Rebuildable, nn.Module):
         act = getattr(self, spec.act)
         drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
         norm = self.arl_normalization
+        if is_symbolic_tracing():  # torch.fx feature extractors: plain ops, mask through the tap
+            f = spec.residual(self, x)
+            shortcut = x if self.downsample is None else self.downsample(x)
+            attn = self.attn_map(get_normalization(norm)(f))
+            return merge.arl_merge_reference(f, shortcut, self.alpha, attn, act, drop_path)
         if spec.pre_norm is not None and merge.lean_merge_active(self.attn_map):
             t = spec.pre_norm(self, x)
             if t is not None:  # fuse the last norms: F, s and N(F) are recomputed in backward

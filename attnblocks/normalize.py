@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._tracing import is_symbolic_tracing
+
 __all__ = [
     "NormalizationFn",
     "channel_softmax",
@@ -32,6 +34,8 @@ NormalizationFn = Callable[[Tensor], Tensor]
 
 
 def _check_4d(x: Tensor, name: str) -> None:
+    if is_symbolic_tracing():  # symbolic proxies carry no shape to check
+        return
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
     if x.dim() != 4:

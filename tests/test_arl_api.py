@@ -234,3 +234,26 @@ def test_register_custom_block():
         from attnblocks import arl as arl_module
 
         arl_module._BLOCK_SPECS.pop(TinyBlock)
+
+
+@pytest.mark.parametrize("tool", ["torchvision_fx", "timm_hook", "timm_fx"])
+def test_attention_taps_visible_to_feature_extractors(tool):
+    """The attn_map taps are ordinary modules: FX feature extractors and hooks find them."""
+    model = ab.ARLWrapper(timm.create_model("resnet18", num_classes=2), "spatial", 0.5).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with ab.record_attention(model) as expected:
+        logits = model(x)
+    if tool == "torchvision_fx":
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        nodes = {f"{name}.attn_map": name for name in expected} | {"fc": "logits"}
+        out = create_feature_extractor(model, return_nodes=nodes)(x)
+        torch.testing.assert_close(out.pop("logits"), logits, atol=1e-5, rtol=1e-5)
+    else:
+        from timm.utils import AttentionExtract
+
+        extract = AttentionExtract(model, names=["*attn_map"], method=tool.split("_")[1])
+        out = {k.removesuffix(".attn_map"): v for k, v in extract(x).items()}
+    assert set(out) == set(expected)
+    for name, mask in expected.items():
+        torch.testing.assert_close(out[name], mask, atol=1e-6, rtol=1e-5)
