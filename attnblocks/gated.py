@@ -20,6 +20,7 @@ import torch
 from timm.models import is_model_in_modules
 from torch import Tensor, nn
 
+from ._tracing import is_symbolic_tracing
 from .backbones import is_features_only, load_backbone_weights, num_stages, stage_features
 from .checkpoint import LoadReport
 from .grid import GridAttentionGate
@@ -191,7 +192,7 @@ class AttentionGatedNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(features (N, num_features), maps)``: the classifier's input and the gates' maps."""
-        if not isinstance(x, Tensor) or x.dim() != 4:
+        if not is_symbolic_tracing() and (not isinstance(x, Tensor) or x.dim() != 4):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"AttentionGatedNet: input must be (N, C, H, W), got {shape}")
         feats = self.backbone(x)

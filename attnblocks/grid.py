@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._tracing import is_symbolic_tracing
 from .normalize import NormalizationFn, sigmoid_attention, spatial_softmax
 
 __all__ = ["GridAttentionGate", "list_gate_aggregations", "list_gate_normalizations"]
@@ -131,6 +132,8 @@ class GridAttentionGate(nn.Module):
         nn.init.zeros_(self.psi.bias)
 
     def _check(self, local: Tensor, global_: Tensor) -> None:
+        if is_symbolic_tracing():  # torch.fx proxies: nothing to check
+            return
         for name, x, channels in (
             ("local", local, self.local_channels),
             ("global_", global_, self.gate_channels),

@@ -288,3 +288,17 @@ def test_attnmel_compiles_fullgraph(attnmel):
     torch.testing.assert_close(logits, ref_logits)
     for ours, ref in zip(maps, ref_maps, strict=True):
         torch.testing.assert_close(ours, ref)
+
+
+def test_attention_maps_visible_to_torchvision_feature_extractor():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    net = ab.attnmel_vgg16(num_classes=2).eval()
+    x = torch.randn(1, 3, 96, 80)
+    with ab.record_attention(net) as recorded:
+        net(x)
+    nodes = [f"{owner}.attn_map" for owner in recorded]
+    out = create_feature_extractor(net, return_nodes=nodes)(x)
+    assert len(out) == 2
+    for owner, mask in recorded.items():
+        torch.testing.assert_close(out[f"{owner}.attn_map"], mask)
