@@ -363,10 +363,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
     preds = predict(trainer.module, eval_loader["test"], device, amp=args.amp,
                     channels_last=args.channels_last, dist_info=dist)  # fmt: skip
+    used_care = not args.no_care and args.epochs > args.stage1_epochs
     metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)
     metrics |= {
         "epoch": chosen,
-        "care": not args.no_care,
+        "care": used_care,
         "rare_classes": [CLASSES[c] for c in rare],
     }
     if dist.is_main:
@@ -378,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save_rare_overlays(
             trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png"
         )
-        title = f"ISIC 2018 test ({'CARE' if not args.no_care else 'no CARE'}, epoch {chosen})"
+        title = f"ISIC 2018 test ({'CARE' if used_care else 'no CARE'}, epoch {chosen})"
         print(format_multiclass_table(metrics, title))
         print("confusion matrix (rows = truth):", *metrics["confusion_matrix"], sep="\n  ")
     return metrics
