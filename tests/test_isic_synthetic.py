@@ -22,6 +22,15 @@ from examples.isic import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: intra-op threads only add wake-up latency on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _digest(root: Path) -> str:
     h = hashlib.sha1()
     for p in sorted(root.rglob("*")):

@@ -13,6 +13,7 @@ from examples.isic import (
     ARL_SCALES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ARLPatchAugment,
     CentralPatchCrop,
     CentralSquareCrop,
     GrayWorld,
@@ -25,6 +26,15 @@ from examples.isic import (
     compute_mean_std,
     gray_world,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: intra-op threads only add wake-up latency on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _blocky_pair(h: int, w: int, seed: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -50,6 +60,7 @@ def _coords(h: int, w: int) -> tv_tensors.Image:
 
 TRANSFORMS = {
     "arl_train": lambda s: arl_train_transform(s, mean=None),
+    "arl_train_chain": lambda s: arl_train_transform(s, mean=None, fused=False),
     "arl_train_cc": lambda s: arl_train_transform(s, mean=None, color_constancy=True),
     "arl_test": lambda s: arl_test_transform(s, mean=None),
     "arl_test_random": lambda s: arl_test_transform(s, mode="random", mean=None),
@@ -217,3 +228,57 @@ def test_compute_mean_std():
         compute_mean_std([])
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         compute_mean_std([torch.rand(1, 4, 4)])
+
+
+@pytest.mark.parametrize(
+    "box", [(20, 30, 72, 96), (40, 60, 30, 40)], ids=["shrink", "enlarge"]
+)  # patch larger / smaller than the output
+@pytest.mark.parametrize(
+    "angle,zoom,hflip,vflip",
+    [(8.0, 1.07, False, False), (-9.5, 0.92, True, True), (3.0, 1.0, True, False)],
+)
+def test_arl_patch_augment_equals_the_v2_chain(box, angle, zoom, hflip, vflip):
+    h, w = 120, 160
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    image = tv_tensors.Image(
+        torch.stack([(yy * 2) % 256, (xx * 3 // 2) % 256, (yy + xx) % 256]).to(torch.uint8)
+    )
+    mask = tv_tensors.Mask(((yy - 60) ** 2 + (xx - 80) ** 2 < 900).to(torch.uint8)[None])
+    aug = ARLPatchAugment(48)
+    params = {
+        "box": dict(zip(("top", "left", "height", "width"), box, strict=True)),
+        "theta": aug.theta(angle, zoom, hflip, vflip),
+    }
+    for inpt in (image, mask):
+        out = aug.transform(inpt, params)
+        ref = F.resized_crop(inpt, *box, [48, 48], antialias=True)
+        ref = F.affine(
+            ref,
+            angle=angle,
+            translate=[0, 0],
+            scale=zoom,
+            shear=[0.0, 0.0],
+            interpolation=F.InterpolationMode.BILINEAR,
+        )
+        ref = F.vertical_flip(ref) if vflip else ref
+        ref = F.horizontal_flip(ref) if hflip else ref
+        assert type(out) is type(inpt) and out.dtype == inpt.dtype and out.shape == ref.shape
+        diff = (out.float() - ref.float()).abs()
+        if inpt is mask:  # nearest neighbours may differ on the boundary only
+            assert diff.mean() < 0.04, float(diff.mean())
+        elif box[2] > 48:  # shrink, then one resampling: the same numbers as the chain
+            assert diff.max() == 0, float(diff.max())
+        else:  # the chain interpolates twice (resize, rotate), the fused path once
+            assert diff.mean() < 1.5, float(diff.mean())
+
+
+def test_fused_and_chained_arl_transforms_agree_in_distribution():
+    image, mask = _blocky_pair(90, 120, 3)
+    outs = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        tf = arl_train_transform(32, mean=None, fused=fused)
+        outs[fused] = torch.stack([tf(image, mask)[1].mean() for _ in range(100)])
+    assert abs(outs[True].mean() - outs[False].mean()) < 0.03  # same lesion share on average
+    with pytest.raises(ValueError, match="zoom"):
+        ARLPatchAugment(zoom=(1.1, 0.9))

@@ -32,6 +32,7 @@ from .transforms import (
     ARL_SCALES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ARLPatchAugment,
     CentralPatchCrop,
     CentralSquareCrop,
     GrayWorld,
@@ -47,6 +48,7 @@ from .transforms import (
 
 __all__ = [
     "ARL_SCALES",
+    "ARLPatchAugment",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ISIC2016Dataset",

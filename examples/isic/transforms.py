@@ -35,11 +35,13 @@ first; ``mean``/``std`` default to ImageNet's (fine-tuning) and ``None`` skips n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import PIL.Image
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -47,6 +49,7 @@ from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "ARL_SCALES",
+    "ARLPatchAugment",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CentralPatchCrop",
@@ -148,6 +151,94 @@ class CentralPatchCrop(v2.Transform):
         return self._call_kernel(
             F.resized_crop, inpt, **params, size=self.size, interpolation=BILINEAR, antialias=True
         )
+
+
+class ARLPatchAugment(v2.Transform):
+    """:class:`CentralPatchCrop` + rotation, zoom and flips in one resampling step (fast path).
+
+    Computes the same as ``CentralPatchCrop -> RandomAffine(degrees, scale=zoom) ->
+    RandomHorizontalFlip -> RandomVerticalFlip`` (zeros where the rotated patch leaves its box),
+    but resamples once: the patch is cut out (and, when larger than ``size``, first shrunk to
+    ``size`` with antialiasing), then one ``grid_sample`` applies ``R(-angle) / zoom`` and the
+    flips in the patch's normalised coordinates (bilinear for images, nearest for masks). Angle
+    ``~ U(-degrees, degrees)``, zoom ``~ U(*zoom)``, each flip with probability 0.5 when enabled.
+    About twice as fast as the chain of v2 transforms on CPU.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scales: Sequence[float] = ARL_SCALES,
+        central_fraction: float = 0.8,
+        degrees: float = 10.0,
+        zoom: tuple[float, float] = (0.9, 1.1),
+        hflip: bool = True,
+        vflip: bool = True,
+        square: bool = False,
+    ) -> None:
+        super().__init__()
+        if degrees < 0 or not 0 < zoom[0] <= zoom[1]:
+            raise ValueError(f"need degrees >= 0 and 0 < zoom[0] <= zoom[1], got {degrees}, {zoom}")
+        self.crop = CentralPatchCrop(size, scales, central_fraction, square)
+        self.size, self.degrees, self.zoom = size, float(degrees), (float(zoom[0]), float(zoom[1]))
+        self.hflip, self.vflip = hflip, vflip
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        box = self.crop.make_params(flat_inputs)
+        angle = float(torch.empty(()).uniform_(-self.degrees, self.degrees))
+        zoom = float(torch.empty(()).uniform_(*self.zoom))
+        hflip = self.hflip and bool(torch.rand(()) < 0.5)
+        vflip = self.vflip and bool(torch.rand(()) < 0.5)
+        theta = self.theta(angle, zoom, hflip, vflip)
+        return {"box": box, "theta": theta}
+
+    @staticmethod
+    def theta(angle: float, zoom: float, hflip: bool, vflip: bool) -> Tensor:
+        """``(1, 2, 3)`` map from output to patch coordinates (normalised, y down) for a rotation
+        by ``angle`` degrees (counter-clockwise on screen, as ``F.affine``), a ``zoom`` and flips.
+        """
+        a = -math.radians(angle)  # F.affine rotates counter-clockwise for angle > 0
+        c, s = math.cos(a) / zoom, math.sin(a) / zoom
+        fx, fy = (-1.0 if hflip else 1.0), (-1.0 if vflip else 1.0)
+        # the flips act last on the output, so they are undone first: theta = (R/zoom)^-1 @ flips
+        return torch.tensor([[[c * fx, -s * fy, 0.0], [s * fx, c * fy, 0.0]]])
+
+    def _base_grid(self) -> Tensor:
+        """``(1, S, S, 3)`` homogeneous output coordinates (pixel centres, align_corners=False);
+        ``base @ theta.T`` is ``affine_grid(theta)``, without rebuilding the base every call."""
+        base = getattr(self, "_base", None)
+        if base is None:
+            line = (torch.arange(self.size, dtype=torch.float32) * 2 + 1) / self.size - 1
+            ys, xs = torch.meshgrid(line, line, indexing="ij")
+            base = torch.stack([xs, ys, torch.ones_like(xs)], -1)[None]
+            self._base = base
+        return base
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            inpt = F.pil_to_tensor(inpt)
+            inpt = tv_tensors.Image(inpt)
+        if not isinstance(inpt, Tensor):
+            return inpt
+        b = params["box"]
+        patch = inpt[..., b["top"] : b["top"] + b["height"], b["left"] : b["left"] + b["width"]]
+        if max(b["height"], b["width"]) > self.size:  # shrink with antialiasing first
+            if isinstance(inpt, tv_tensors.TVTensor):  # keep the type: masks resize with nearest
+                patch = tv_tensors.wrap(patch.as_subclass(Tensor), like=inpt)
+            patch = self._call_kernel(
+                F.resize, patch.contiguous(), [self.size, self.size], interpolation=BILINEAR,
+                antialias=True,
+            )  # fmt: skip
+        is_mask = isinstance(inpt, tv_tensors.Mask)
+        x = patch.as_subclass(Tensor)
+        lead = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:]).float()
+        grid = (self._base_grid() @ params["theta"][0].T).expand(x.shape[0], -1, -1, -1)
+        out = nnf.grid_sample(x, grid, "nearest" if is_mask else "bilinear", "zeros", False)
+        out = out.reshape(*lead, *out.shape[-3:])
+        if not inpt.is_floating_point():
+            out = out.round_().clamp_(0, torch.iinfo(inpt.dtype).max).to(inpt.dtype)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
 class NineViews(v2.Transform):
@@ -258,9 +349,20 @@ def arl_train_transform(
     color_constancy: bool = False,
     mean: Sequence[float] | None = IMAGENET_MEAN,
     std: Sequence[float] | None = IMAGENET_STD,
+    fused: bool = True,
 ) -> v2.Compose:
-    """ARL training pipeline: central patch, resize, rotate/zoom, flips, float, normalize."""
-    steps: list[v2.Transform] = [CentralPatchCrop(size, scales, central_fraction)]
+    """ARL training pipeline: central patch, resize, rotate/zoom, flips, float, normalize.
+
+    ``fused=True`` (default) runs the geometry as one :class:`ARLPatchAugment`; ``False`` as the
+    chain ``CentralPatchCrop -> RandomAffine -> RandomHorizontalFlip -> RandomVerticalFlip``
+    (same distribution of outputs, about half the speed).
+    """
+    if fused:
+        steps: list[v2.Transform] = [
+            ARLPatchAugment(size, scales, central_fraction, rotation, zoom, hflip, vflip)
+        ]
+        return _finish(steps, mean, std, color_constancy)
+    steps = [CentralPatchCrop(size, scales, central_fraction)]
     if rotation or zoom != (1.0, 1.0):
         steps.append(v2.RandomAffine(degrees=rotation, scale=zoom, interpolation=BILINEAR))
     steps += [v2.RandomHorizontalFlip()] if hflip else []
