@@ -94,34 +94,35 @@ def _spatial(f: Tensor) -> Tensor:
     return torch.softmax(f.reshape(n, c, h * w), dim=-1).reshape(n, c, h, w)
 
 
-def _spatial_vjp(a: Tensor, ga: Tensor) -> Tensor:
-    return ga - a * ga.sum(dim=(2, 3), keepdim=True)
+def _spatial_vjp_(a: Tensor, ga: Tensor) -> Tensor:
+    return ga.addcmul_(a, ga.sum(dim=(2, 3), keepdim=True), value=-1.0)
 
 
 def _channel(f: Tensor) -> Tensor:
     return torch.softmax(f, dim=1)
 
 
-def _channel_vjp(a: Tensor, ga: Tensor) -> Tensor:
-    return ga - a * ga.sum(dim=1, keepdim=True)
+def _channel_vjp_(a: Tensor, ga: Tensor) -> Tensor:
+    return ga.addcmul_(a, ga.sum(dim=1, keepdim=True), value=-1.0)
 
 
-def _sigmoid_vjp(a: Tensor, ga: Tensor) -> Tensor:
-    return ga * (1.0 - a)
+def _sigmoid_vjp_(a: Tensor, ga: Tensor) -> Tensor:
+    return ga.addcmul_(ga, a, value=-1.0)  # ga * (1 - a)
 
 
 @dataclass(frozen=True)
 class _NormSpec:
     forward: Callable[[Tensor], Tensor]
-    # (A, g * A) -> grad wrt the input, for the grad g wrt the mask A; None: use autograd
-    vjp: Callable[[Tensor, Tensor], Tensor] | None
+    # (A, g * A) -> grad wrt the input for the grad g wrt the mask A, computed in place in the
+    # buffer g * A; None: autograd through a recomputed mask (custom normalizations)
+    vjp_: Callable[[Tensor, Tensor], Tensor] | None
 
 
 # Closed forms of the built-in normalizations, keyed by the public function objects.
 _CLOSED_FORMS: dict[Callable[[Tensor], Tensor], _NormSpec] = {
-    spatial_softmax: _NormSpec(_spatial, _spatial_vjp),
-    channel_softmax: _NormSpec(_channel, _channel_vjp),
-    sigmoid_attention: _NormSpec(torch.sigmoid, _sigmoid_vjp),
+    spatial_softmax: _NormSpec(_spatial, _spatial_vjp_),
+    channel_softmax: _NormSpec(_channel, _channel_vjp_),
+    sigmoid_attention: _NormSpec(torch.sigmoid, _sigmoid_vjp_),
 }
 
 
@@ -130,11 +131,9 @@ def _norm_spec(normalization: str | Callable[[Tensor], Tensor]) -> _NormSpec:
     return _CLOSED_FORMS.get(fn) or _NormSpec(fn, None)
 
 
-def _mask_vjp(spec: _NormSpec, f: Tensor, a: Tensor, g: Tensor, ga: Tensor) -> Tensor:
-    """Gradient wrt ``f`` of ``sum(g * N(f))``; ``a = N(f)``, ``ga = g * a``."""
-    if spec.vjp is not None:
-        return spec.vjp(a, ga)
-    with torch.enable_grad():  # custom normalization: autograd through a recomputed mask
+def _mask_vjp(spec: _NormSpec, f: Tensor, g: Tensor) -> Tensor:
+    """Gradient wrt ``f`` of ``sum(g * N(f))`` for a custom normalization, by autograd."""
+    with torch.enable_grad():
         fr = f.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(spec.forward(fr), fr, g)
     return grad
@@ -151,9 +150,16 @@ def _up(x: Tensor) -> Tensor:
 def _merge_fwd_kernel(
     f: Tensor, s: Tensor, alpha: Tensor, scale: Tensor | None, spec: _NormSpec, relu: bool
 ) -> Tensor:
-    """``act(s + scale * (F + alpha * N(F) * s))`` in float32 (``act`` = ReLU or identity)."""
+    """``act(s + scale * (F + alpha * N(F) * s))`` in float32 (``act`` = ReLU or identity).
+
+    Works in place in the fresh mask buffer: on CPU every new full-size temporary costs as much as
+    a pass over the data.
+    """
     f32, s32 = _up(f), _up(s)
-    z = torch.addcmul(f32, spec.forward(f32) * _up(alpha), s32)
+    z = spec.forward(f32)
+    if spec.vjp_ is None:  # a custom normalization may return a view of its input
+        z = z.clone()
+    z.mul_(_up(alpha)).mul_(s32).add_(f32)
     if scale is not None:
         z.mul_(_up(scale))
     z.add_(s32)
@@ -179,21 +185,28 @@ def _merge_bwd_kernel(
     """Gradients wrt ``F``, ``s`` and ``alpha``.
 
     ``F = t * f_scale + f_shift`` and ``s = u * s_scale + s_shift`` are recomputed (identity when the
-    affine pair is None), and ``N(F)`` with them.
+    affine pair is None), and ``N(F)`` with them. Four full-size buffers: ``g``, ``F``, ``A`` and
+    ``g * s * A``; the gradients are formed in place in the last two.
     """
     g = _up(dy)
     if y is not None:  # ReLU: y > 0 exactly where z > 0
-        g = torch.where(y > 0, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        g = torch.ops.aten.threshold_backward(g, y, 0)
     f = _affine(t, *(f_affine or (None, None)))
     s32 = _affine(u, *(s_affine or (None, None)))
     a = spec.forward(f)
+    if spec.vjp_ is None:  # a custom normalization may return a view of its input
+        a = a.clone()
     al = _up(alpha)
     gb = g if scale is None else g * _up(scale)  # gradient wrt the branch F + alpha * A * s
-    gas = gb * s32  # gradient wrt alpha * A
-    gsa = gas * a
+    gsa = gb * s32  # gradient wrt (alpha * A), then times A
+    d_f_mask = _mask_vjp(spec, f, gsa * al) if spec.vjp_ is None else None
+    gsa.mul_(a)
     d_alpha = gsa.sum()
-    d_f = torch.addcmul(gb, _mask_vjp(spec, f, a, gas, gsa), al)
-    d_s = torch.addcmul(g, gb * a, al)
+    if d_f_mask is None:
+        d_f = spec.vjp_(a, gsa).mul_(al).add_(gb)
+    else:
+        d_f = d_f_mask.add_(gb)
+    d_s = a.mul_(gb).mul_(al).add_(g)  # g + alpha * gb * A
     return d_f, d_s, d_alpha
 
 

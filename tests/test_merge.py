@@ -320,9 +320,19 @@ def test_network_autocast_bf16_and_channels_last(backend):
         ref, ref_grads = _model_grads(models[2], x, "reference", backend)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), truth, rtol=0.05, atol=0.05)
+
+    def flat(gs):
+        return torch.cat([gs[k].flatten().float() for k in sorted(truth_grads)])
+
+    err = (flat(grads) - flat(truth_grads)).norm()
+    err_ref = (flat(ref_grads) - flat(truth_grads)).norm()
+    assert err <= 1.5 * err_ref + 1e-3 * flat(truth_grads).norm()
+    cosine = torch.nn.functional.cosine_similarity
     for k, g in truth_grads.items():
-        err, err_ref = (grads[k] - g).norm(), (ref_grads[k] - g).norm()
-        assert err <= max(2 * err_ref, 0.02 * g.norm() + 1e-4), k
+        if g.numel() > 1 and g.norm() > 0:
+            cos = cosine(grads[k].flatten().float(), g.flatten(), dim=0)
+            cos_ref = cosine(ref_grads[k].flatten().float(), g.flatten(), dim=0)
+            assert cos > min(0.98, cos_ref - 0.05), (k, cos, cos_ref)
 
 
 def test_network_record_attention_still_sees_masks():
