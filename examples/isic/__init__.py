@@ -1,10 +1,12 @@
 """ISIC pipeline pieces: datasets, resized-image cache, the papers' transforms, samplers, synthetic
 data and metrics (importable from the repository root: ``from examples.isic import ...``).
 
-- ``data``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`.
+- ``data``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`
+  (``base``: the shared :class:`ISICDataset` and CSV reading).
 - ``splits``: the lesion-grouped stratified split of ISIC 2018.
 - ``cache``: :class:`ResizedImageCache` (JPEG draft-mode decode, atomic, invalidating).
-- ``transforms``: ARL patch sampling / 9 test views, AttnMel transforms, gray world, mean/std.
+- ``transforms``: the ARL / AttnMel pipelines, gray world, mean/std (``patches``: the geometric
+  pieces -- central patches, 9 test views, AttnMel crops, rot90).
 - ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
 - ``synthetic``: :func:`make_synthetic_isic2017`, :func:`default_synthetic_root`.
 - ``metrics``: binary / ISIC 2017 / multi-class metrics, attention Jaccard, prediction CSVs.
