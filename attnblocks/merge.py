@@ -147,28 +147,63 @@ def _up(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _merge_fwd_kernel(
-    f: Tensor, s: Tensor, alpha: Tensor, scale: Tensor | None, spec: _NormSpec, relu: bool
-) -> Tensor:
-    """``act(s + scale * (F + alpha * N(F) * s))`` in float32 (``act`` = ReLU or identity).
+def _affine(x: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
+    """``x`` in float32, through a per-channel affine map (a recomputed norm) when one is given."""
+    return _up(x) if scale is None else torch.addcmul(shift, _up(x), scale)
 
-    Works in place in the fresh mask buffer: on CPU every new full-size temporary costs as much as
-    a pass over the data.
+
+def _merge_fwd_kernel(
+    f: Tensor,
+    f_affine: tuple[Tensor, Tensor] | None,
+    s: Tensor,
+    s_affine: tuple[Tensor, Tensor] | None,
+    alpha: Tensor,
+    scale: Tensor | None,
+    spec: _NormSpec,
+    relu: bool,
+    owned: bool,
+) -> Tensor:
+    """``act(s + scale * (F + alpha * N(F) * s))`` (``act`` = ReLU or identity), in float32.
+
+    ``F = f * f_scale + f_shift`` and ``s = s * s_scale + s_shift`` when the affine pairs are given
+    (an eval-mode BatchNorm applied on the fly). The functional form that ``torch.compile`` fuses.
     """
-    f32, s32 = _up(f), _up(s)
-    z = spec.forward(f32)
-    if spec.vjp_ is None:  # a custom normalization may return a view of its input
-        z = z.clone()
-    z.mul_(_up(alpha)).mul_(s32).add_(f32)
+    f32 = _affine(f, *(f_affine or (None, None)))
+    s32 = _affine(s, *(s_affine or (None, None)))
+    z = f32 + spec.forward(f32) * _up(alpha) * s32
+    if scale is not None:
+        z = z * _up(scale)
+    z = z + s32
+    return torch.relu(z) if relu else z
+
+
+def _merge_fwd_eager(
+    f: Tensor,
+    f_affine: tuple[Tensor, Tensor] | None,
+    s: Tensor,
+    s_affine: tuple[Tensor, Tensor] | None,
+    alpha: Tensor,
+    scale: Tensor | None,
+    spec: _NormSpec,
+    relu: bool,
+    owned: bool,
+) -> Tensor:
+    """:func:`_merge_fwd_kernel` in place: on CPU a new full-size temporary costs as much as a pass.
+
+    ``owned``: ``f`` is a temporary of the op (a BatchNorm output) that may be overwritten.
+    """
+    f32 = _affine(f, *(f_affine or (None, None)))
+    s32 = _affine(s, *(s_affine or (None, None)))
+    a = spec.forward(f32)
+    in_place = spec.vjp_ is not None and (owned or f32 is not f)  # the mask does not alias F
+    if in_place and a.device.type == "cpu":  # the scalar is free to read on CPU
+        z = f32.addcmul_(a, s32, value=float(alpha))
+    else:
+        z = (a.clone() if spec.vjp_ is None else a).mul_(_up(alpha)).mul_(s32).add_(f32)
     if scale is not None:
         z.mul_(_up(scale))
     z.add_(s32)
     return z.relu_() if relu else z
-
-
-def _affine(x: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
-    """``x`` in float32, through a per-channel affine map (a recomputed norm) when one is given."""
-    return _up(x) if scale is None else torch.addcmul(shift, _up(x), scale)
 
 
 def _merge_bwd_kernel(
@@ -216,7 +251,7 @@ class _Kernels:
     bwd: Callable[..., tuple[Tensor, Tensor, Tensor]]
 
 
-_EAGER = _Kernels(_merge_fwd_kernel, _merge_bwd_kernel)
+_EAGER = _Kernels(_merge_fwd_eager, _merge_bwd_kernel)
 _COMPILED: _Kernels | None = None
 
 
@@ -319,6 +354,11 @@ def _bn_forward(x: Tensor, p: tuple[Tensor | None, ...], bn: _BN) -> tuple[Tenso
     return out, mean, invstd
 
 
+def _bn_running(p: tuple[Tensor | None, ...], bn: _BN) -> tuple[Tensor, Tensor]:
+    """``(mean, invstd)`` of the running statistics (eval mode)."""
+    return _up(p[2]), torch.rsqrt(_up(p[3]) + bn.eps)
+
+
 def _bn_affine(p: tuple[Tensor | None, ...], mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel ``(scale, shift)`` with ``bn(x) = x * scale + shift`` for the given statistics."""
     w, b = p[0], p[1]
@@ -369,14 +409,26 @@ class _ARLMerge(torch.autograd.Function):
         srv: Tensor | None,
     ) -> Tensor:
         none = (None, None)
+        fp, sp = (fw, fb, frm, frv), (sw, sb, srm, srv)
         with torch.autocast(t.device.type, enabled=False):
-            f, *f_stats = (
-                _bn_forward(t, (fw, fb, frm, frv), cfg.f_norm) if cfg.f_norm else (t, *none)
-            )
-            s, *s_stats = (
-                _bn_forward(u, (sw, sb, srm, srv), cfg.s_norm) if cfg.s_norm else (u, *none)
-            )
-            y = cfg.kernels.fwd(f, s, alpha, scale, cfg.spec, cfg.relu).to(cfg.out_dtype)
+            # train mode: batch statistics, F materialised by the native kernel (which updates
+            # the running statistics); eval mode: the norm is a per-channel affine map applied
+            # inside the merge kernel
+            f, s, f_aff, s_aff = t, u, None, None
+            f_stats = s_stats = none
+            if cfg.f_norm and cfg.f_norm.train:
+                f, *f_stats = _bn_forward(t, fp, cfg.f_norm)
+            elif cfg.f_norm:
+                f_stats = _bn_running(fp, cfg.f_norm)
+                f_aff = _bn_affine(fp, *f_stats)
+            if cfg.s_norm and cfg.s_norm.train:
+                s, *s_stats = _bn_forward(u, sp, cfg.s_norm)
+            elif cfg.s_norm:
+                s_stats = _bn_running(sp, cfg.s_norm)
+                s_aff = _bn_affine(sp, *s_stats)
+            owned = cfg.f_norm is not None
+            y = cfg.kernels.fwd(f, f_aff, s, s_aff, alpha, scale, cfg.spec, cfg.relu, owned)
+            y = y.to(cfg.out_dtype)
         ctx.cfg = cfg
         # Running statistics are read by backward only in eval mode.
         f_run = (frm, frv) if cfg.f_norm and not cfg.f_norm.train else none
