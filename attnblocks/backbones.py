@@ -20,7 +20,7 @@ from timm.models._features import FeatureGetterNet
 from timm.models.vgg import VGG
 from torch import Tensor, nn
 
-from .checkpoint import LoadReport, read_state_dict
+from .checkpoint import LoadReport, load_state_dict_report, read_state_dict
 
 __all__ = [
     "PooledVGGFeatures",
@@ -213,24 +213,11 @@ def load_backbone_weights(
         ValueError: a tensor's shape differs from the model's, or (``strict``) keys are missing.
     """
     state, used = convert_state_dict(read_state_dict(path), model, layout)
-    own = model.state_dict()
-    report = LoadReport(f"{path} ({used} layout)")
-    to_load, bad = {}, []
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != value.shape:
-            bad.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
-        else:
-            to_load[key] = value
-    report.missing = [k for k in own if k not in state]
-    if bad:
-        raise ValueError(f"shape mismatch loading {path} into {type(model).__name__}: {bad[:5]}")
-    if strict and report.missing:
-        raise ValueError(
-            f"{path} lacks {len(report.missing)} of the {len(own)} tensors of "
-            f"{type(model).__name__} (pass strict=False to load anyway), e.g. {report.missing[:8]}"
-        )
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    return report
+    return load_state_dict_report(
+        model,
+        state,
+        f"{path} ({used} layout)",
+        strict=strict,
+        new_keys_suffix=(),
+        unexpected_ok=True,
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadReport", "load_checkpoint", "read_state_dict"]
+__all__ = ["LoadReport", "load_checkpoint", "load_state_dict_report", "read_state_dict"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -112,9 +112,27 @@ def load_checkpoint(
         FileNotFoundError: no such file.
         ValueError: the file holds no state dict, or (``strict``) keys or shapes do not match.
     """
-    state = read_state_dict(path)
+    return load_state_dict_report(
+        model, read_state_dict(path), str(path), strict=strict, new_keys_suffix=new_keys_suffix
+    )
+
+
+def load_state_dict_report(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str,
+    *,
+    strict: bool = True,
+    new_keys_suffix: tuple[str, ...] = (".alpha",),
+    unexpected_ok: bool = False,
+) -> LoadReport:
+    """Load ``state`` into ``model`` as :func:`load_checkpoint` does, reading from memory.
+
+    ``source`` names the state dict in messages and the report. With ``unexpected_ok``, keys the
+    model lacks (an ImageNet head loaded into a pruned backbone) are reported but never an error.
+    """
     own = model.state_dict()
-    report = LoadReport(str(path))
+    report = LoadReport(source)
     clf = _classifier_prefixes(model)
     to_load: dict[str, Tensor] = {}
     bad_shapes: list[str] = []
@@ -134,11 +152,16 @@ def load_checkpoint(
         if key not in state:
             (report.new if key.endswith(new_keys_suffix) else report.missing).append(key)
     if bad_shapes:
-        raise ValueError(f"shape mismatch loading {path}: " + "; ".join(bad_shapes[:5]))
-    if strict and (report.missing or report.unexpected):
         raise ValueError(
-            f"{path} does not match {type(model).__name__} (pass strict=False to load anyway): "
-            f"missing {report.missing[:8]}, unexpected {report.unexpected[:8]}"
+            f"shape mismatch loading {source} into {type(model).__name__}: "
+            + "; ".join(bad_shapes[:5])
+        )
+    unexpected = [] if unexpected_ok else report.unexpected
+    if strict and (report.missing or unexpected):
+        raise ValueError(
+            f"{source} does not match {type(model).__name__} (pass strict=False to load anyway): "
+            f"missing {report.missing[:8]} ({len(report.missing)} in all), "
+            f"unexpected {unexpected[:8]}"
         )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
