@@ -35,6 +35,7 @@ from .losses import (
     sigmoid_focal_loss,
     soft_dice,
 )
+from .merge import get_merge_backend, list_merge_backends, set_merge_backend
 from .models import arl_cnn14, arl_cnn50, resnet14
 from .normalize import get_normalization, list_normalizations, register_normalization
 from .recorder import attention_taps, record_attention
@@ -43,6 +44,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "get_merge_backend",
+    "list_merge_backends",
+    "set_merge_backend",
     "AttentionGatedNet",
     "DiceAttentionRegularizer",
     "FocalLoss",

@@ -65,6 +65,9 @@ def test_backend_registry(backend):
     assert not lean_merge_active()
     with pytest.raises(ValueError, match="unknown merge backend 'triton'.*compiled"):
         set_merge_backend("triton")
+    # re-exported at the package level
+    assert ab.set_merge_backend is set_merge_backend and ab.get_merge_backend() == "reference"
+    assert ab.list_merge_backends() == list_merge_backends()
 
 
 def test_lean_merge_inactive_when_tap_is_hooked():
