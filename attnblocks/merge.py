@@ -249,9 +249,12 @@ def _merge_bwd_kernel(
 class _Kernels:
     fwd: Callable[..., Tensor]
     bwd: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    # apply eval-mode norms inside the forward kernel (fused, but rounded differently from the
+    # native BatchNorm kernel); False: the native kernel, so that alpha = 0 is bit-exact
+    fuse_eval_norm: bool
 
 
-_EAGER = _Kernels(_merge_fwd_eager, _merge_bwd_kernel)
+_EAGER = _Kernels(_merge_fwd_eager, _merge_bwd_kernel, fuse_eval_norm=False)
 _COMPILED: _Kernels | None = None
 
 
@@ -261,6 +264,7 @@ def _compiled_kernels() -> _Kernels:
         _COMPILED = _Kernels(
             torch.compile(_merge_fwd_kernel, dynamic=True, fullgraph=True),
             torch.compile(_merge_bwd_kernel, dynamic=True, fullgraph=True),
+            fuse_eval_norm=True,
         )
     return _COMPILED
 
@@ -416,12 +420,13 @@ class _ARLMerge(torch.autograd.Function):
             # inside the merge kernel
             f, s, f_aff, s_aff = t, u, None, None
             f_stats = s_stats = none
-            if cfg.f_norm and cfg.f_norm.train:
+            fuse = cfg.kernels.fuse_eval_norm
+            if cfg.f_norm and (cfg.f_norm.train or not fuse):
                 f, *f_stats = _bn_forward(t, fp, cfg.f_norm)
             elif cfg.f_norm:
                 f_stats = _bn_running(fp, cfg.f_norm)
                 f_aff = _bn_affine(fp, *f_stats)
-            if cfg.s_norm and cfg.s_norm.train:
+            if cfg.s_norm and (cfg.s_norm.train or not fuse):
                 s, *s_stats = _bn_forward(u, sp, cfg.s_norm)
             elif cfg.s_norm:
                 s_stats = _bn_running(sp, cfg.s_norm)
