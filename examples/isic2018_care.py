@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "epoch": chosen,
         "care": used_care,
         "rare_classes": [CLASSES[c] for c in rare],
+        "rare_attention": rare_attention(trainer.module, layer, sets["test"], rare, device),
     }
     if dist.is_main:
         write_json(out / "metrics.json", metrics)
@@ -382,7 +383,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         title = f"ISIC 2018 test ({'CARE' if used_care else 'no CARE'}, epoch {chosen})"
         print(format_multiclass_table(metrics, title))
         print("confusion matrix (rows = truth):", *metrics["confusion_matrix"], sep="\n  ")
+        att = metrics["rare_attention"]
+        print(f"rare-class Grad-CAM (test, {att['n']} boxed images): mean in box "
+              f"{att['inside']:.3f}, mean outside {att['outside']:.3f}")  # fmt: skip
     return metrics
+
+
+@torch.no_grad()
+def rare_attention(
+    model: nn.Module, layer: str, data: BoxedISIC, rare: list[int], device: torch.device
+) -> dict[str, float]:
+    """Where the Grad-CAM of the true class lies on the rare-class test images with a box.
+
+    ``inside``: mean over images of ``sum(cam * inner)`` (the mean map value in the box);
+    ``outside``: mean of ``sum(cam * outer)``; ``n``: images counted (the CARE terms, uncapped).
+    """
+    was_training = model.training
+    model.eval()
+    inside, outside = [], []
+    for i in np.flatnonzero(np.isin(data.base.labels, rare)):
+        item = data[int(i)]
+        if not item["box_valid"]:
+            continue
+        image = item["image"][None].to(device)
+        cam, _ = ab.grad_cam(model, image, layer, item["label"][None].to(device))
+        inner, outer = ab.box_to_inner_outer(item["box"][None], image.shape[-2:], clip=True)
+        inside.append(float((cam.cpu() * inner).sum()))
+        outside.append(float((cam.cpu() * outer).sum()))
+    model.train(was_training)
+    n = len(inside)
+    return {
+        "inside": float(np.mean(inside)) if n else math.nan,
+        "outside": float(np.mean(outside)) if n else math.nan,
+        "n": n,
+    }
 
 
 def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],

@@ -37,6 +37,9 @@ def test_end_to_end_on_real_mini(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert (out / "checkpoints" / "last.pt").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["rare_classes"] == ["DF", "VASC", "AKIEC"] and saved["care"] is True
+    att = saved["rare_attention"]
+    assert att["n"] > 0 and 0 <= att["inside"] <= 1 and 0 <= att["outside"] <= 1
+    assert "rare-class Grad-CAM (test" in printed
     cm = torch.tensor(saved["confusion_matrix"])
     assert cm.shape == (7, 7) and cm.sum() == len(
         ISIC2018Dataset(root, "test", split_file=out / "split.json")
