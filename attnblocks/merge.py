@@ -110,19 +110,36 @@ def _sigmoid_vjp_(a: Tensor, ga: Tensor) -> Tensor:
     return ga.addcmul_(ga, a, value=-1.0)  # ga * (1 - a)
 
 
+def _spatial_vjp_sum_(a: Tensor, ga: Tensor) -> tuple[Tensor, Tensor]:
+    r = ga.sum(dim=(2, 3), keepdim=True)
+    return ga.addcmul_(a, r, value=-1.0), r.sum()
+
+
+def _channel_vjp_sum_(a: Tensor, ga: Tensor) -> tuple[Tensor, Tensor]:
+    r = ga.sum(dim=1, keepdim=True)
+    return ga.addcmul_(a, r, value=-1.0), r.sum()
+
+
+def _sigmoid_vjp_sum_(a: Tensor, ga: Tensor) -> tuple[Tensor, Tensor]:
+    total = ga.sum()
+    return ga.addcmul_(ga, a, value=-1.0), total
+
+
 @dataclass(frozen=True)
 class _NormSpec:
     forward: Callable[[Tensor], Tensor]
     # (A, g * A) -> grad wrt the input for the grad g wrt the mask A, computed in place in the
     # buffer g * A; None: autograd through a recomputed mask (custom normalizations)
     vjp_: Callable[[Tensor, Tensor], Tensor] | None
+    # the same, also returning sum(g * A), taken from the partial sums the vjp needs anyway
+    vjp_sum_: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 # Closed forms of the built-in normalizations, keyed by the public function objects.
 _CLOSED_FORMS: dict[Callable[[Tensor], Tensor], _NormSpec] = {
-    spatial_softmax: _NormSpec(_spatial, _spatial_vjp_),
-    channel_softmax: _NormSpec(_channel, _channel_vjp_),
-    sigmoid_attention: _NormSpec(torch.sigmoid, _sigmoid_vjp_),
+    spatial_softmax: _NormSpec(_spatial, _spatial_vjp_, _spatial_vjp_sum_),
+    channel_softmax: _NormSpec(_channel, _channel_vjp_, _channel_vjp_sum_),
+    sigmoid_attention: _NormSpec(torch.sigmoid, _sigmoid_vjp_, _sigmoid_vjp_sum_),
 }
 
 
@@ -245,6 +262,37 @@ def _merge_bwd_kernel(
     return d_f, d_s, d_alpha
 
 
+def _merge_bwd_eager(
+    dy: Tensor,
+    y: Tensor | None,
+    t: Tensor,
+    u: Tensor,
+    f_affine: tuple[Tensor, Tensor] | None,
+    s_affine: tuple[Tensor, Tensor] | None,
+    alpha: Tensor,
+    scale: Tensor | None,
+    spec: _NormSpec,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_merge_bwd_kernel` with fewer passes on CPU, where reading ``alpha`` is free: the
+    scalar goes into ``add``/``addcmul`` and the outputs are written over their last input."""
+    if dy.device.type != "cpu" or spec.vjp_sum_ is None:
+        return _merge_bwd_kernel(dy, y, t, u, f_affine, s_affine, alpha, scale, spec)
+    al = float(alpha)
+    g = _up(dy)
+    if y is not None:
+        g = torch.ops.aten.threshold_backward(g, y, 0)
+    f = _affine(t, *(f_affine or (None, None)))
+    s32 = _affine(u, *(s_affine or (None, None)))
+    a = spec.forward(f)
+    del f
+    gb = g if scale is None else g * _up(scale)
+    gsa = torch.mul(gb, s32).mul_(a)
+    d_f, d_alpha = spec.vjp_sum_(a, gsa)
+    d_f = torch.add(gb, d_f, alpha=al, out=d_f)
+    d_s = torch.addcmul(g, gb, a, value=al, out=a)
+    return d_f, d_s, d_alpha
+
+
 @dataclass(frozen=True)
 class _Kernels:
     fwd: Callable[..., Tensor]
@@ -254,7 +302,7 @@ class _Kernels:
     fuse_eval_norm: bool
 
 
-_EAGER = _Kernels(_merge_fwd_eager, _merge_bwd_kernel, fuse_eval_norm=False)
+_EAGER = _Kernels(_merge_fwd_eager, _merge_bwd_eager, fuse_eval_norm=False)
 _COMPILED: _Kernels | None = None
 
 
