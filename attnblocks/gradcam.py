@@ -95,7 +95,9 @@ def capture_activation(layer: nn.Module) -> Iterator[list[Tensor]]:
     """Keep the output of ``layer`` (in the autograd graph) while the context is open.
 
     Yields a list that holds the output of the last forward pass through ``layer``; the hook is
-    removed on exit, so the model carries nothing afterwards.
+    removed on exit, so the model carries nothing afterwards. When the output is not part of a graph
+    (a frozen model, ``requires_grad_(False)``) but gradients are enabled, the hook hands on a leaf
+    copy that requires grad, so that Grad-CAM still works; no parameter is touched.
 
     Raises:
         TypeError: (during the forward pass) if the layer's output is not a single tensor of shape
@@ -103,7 +105,7 @@ def capture_activation(layer: nn.Module) -> Iterator[list[Tensor]]:
     """
     store: list[Tensor] = []
 
-    def hook(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+    def hook(module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor | None:
         if not isinstance(output, Tensor) or output.dim() != 4:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise TypeError(
@@ -111,7 +113,12 @@ def capture_activation(layer: nn.Module) -> Iterator[list[Tensor]]:
                 f"got {shape}"
             )
         store.clear()
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output = output.detach().requires_grad_()
+            store.append(output)
+            return output
         store.append(output)
+        return None
 
     handle = layer.register_forward_hook(hook)
     try:

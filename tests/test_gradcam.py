@@ -189,3 +189,14 @@ def test_default_target_layer() -> None:
     assert default_target_layer(timm.create_model("efficientnet_lite0")) == "blocks.6"
     with pytest.raises(ValueError, match="pass target_layer explicitly"):
         default_target_layer(TinyNet())
+
+
+def test_frozen_model() -> None:
+    net = TinyNet(dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([1, 0])
+    ref, _ = ab.grad_cam(net, x, "feat", t)
+    net.requires_grad_(False)
+    cam, _ = ab.grad_cam(net, x, "feat", t)
+    torch.testing.assert_close(cam, ref)
+    assert all(p.grad is None and not p.requires_grad for p in net.parameters())
