@@ -68,7 +68,7 @@ QUICK = {
     "epochs": 3,
     "batch_size": 16,
     "image_size": 64,
-    "lr": 0.02,
+    "lr": 0.01,
     "arch": "arl_cnn14",
     "patches_per_image": 2,
     "limit": 60,

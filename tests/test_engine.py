@@ -298,3 +298,21 @@ def test_ddp_two_process_gloo(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # logged once, by rank 0
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    eager = make_trainer(tmp_path / "eager")
+    eager.fit(*loaders(), epochs=1)
+    compiled = make_trainer(tmp_path / "compiled", compile=True)
+    compiled.fit(*loaders(), epochs=1)
+    for (k, a), b in zip(
+        eager.module.state_dict().items(), compiled.module.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+    assert not any(
+        k.startswith("_orig_mod")
+        for k in torch.load(tmp_path / "compiled" / "checkpoints" / "last.pt", weights_only=False)[
+            "model"
+        ]
+    )
