@@ -164,14 +164,22 @@ class WithAttention(nn.Module):
         return self.net.forward_with_attention(x)
 
 
+def _holdout_count(fraction: float, count: int) -> int:
+    """Images of a class to hold out: at least one when ``fraction > 0``."""
+    return max(1, round(fraction * count)) if fraction > 0 else 0
+
+
 def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
     """A stratified ``fraction`` of ``dataset`` (``part="val"``) or the rest (``"train"``)."""
     labels = np.asarray(dataset.labels)
     rng = np.random.default_rng(seed)
-    val = np.concatenate([
-        rng.permutation(np.flatnonzero(labels == c))[: max(1, round(fraction * (labels == c).sum()))]
+    picks = [
+        rng.permutation(np.flatnonzero(labels == c))[
+            : _holdout_count(fraction, (labels == c).sum())
+        ]
         for c in np.unique(labels)
-    ])  # fmt: skip
+    ]
+    val = np.concatenate([np.zeros(0, dtype=np.int64), *picks])
     keep = np.sort(val) if part == "val" else np.setdiff1d(np.arange(len(labels)), val)
     sub = Subset(dataset, keep.tolist())
     sub.labels, sub.ids = labels[keep], [dataset.ids[i] for i in keep]
@@ -198,6 +206,7 @@ def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]
         out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
     if args.limit is not None:
         out = {k: cli.LimitedDataset(v, args.limit) for k, v in out.items()}
+    cli.check_not_empty(out, root)
     return out
 
 

@@ -68,6 +68,28 @@ def test_model_and_loss_pieces() -> None:
     assert args.lr_step == 10 and args.lr_gamma == 0.1 and args.oversample == 4
 
 
+def test_empty_split_is_an_error(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="the 'val' split .* is empty"):
+        attnmel.main(["--dataset", "isic2016", "--data-root", str(_isic2016(tmp_path)),
+                      "--out", str(tmp_path / "o"), "--val-fraction", "0", *TINY])  # fmt: skip
+
+
+def _isic2016(tmp_path: Path) -> Path:
+    """A tiny ISIC 2016 layout (3 training, 2 test images)."""
+    from PIL import Image
+
+    root = tmp_path / "isic2016"
+    for split, rows in (("Training", ["ISIC_0000000,benign", "ISIC_0000001,malignant",
+                                      "ISIC_0000002,benign"]),
+                        ("Test", ["ISIC_0000003,0", "ISIC_0000004,1"])):  # fmt: skip
+        folder = root / f"ISBI2016_ISIC_Part3_{split}_Data"
+        folder.mkdir(parents=True)
+        for row in rows:
+            Image.new("RGB", (40, 40), (120, 80, 60)).save(folder / f"{row.split(',')[0]}.jpg")
+        (root / f"ISBI2016_ISIC_Part3_{split}_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def test_bad_inputs(tiny_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--roi lesion needs --normalization sigmoid"):
         attnmel.main(
@@ -89,16 +111,18 @@ def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     metrics = attnmel.main(["--data-root", str(root), "--out", str(tmp_path / "r"), "--epochs", "1",
                             "--roi", "lesion", *TINY])  # fmt: skip
     assert 0 <= metrics["mean_auc"] <= 1
-    assert metrics["attention_jaccard"]["val"]["images"] == 10  # val masks; no test masks shipped
+    assert metrics["attention_jaccard"]["val"]["images"] == 15  # every val image has a mask
+    assert metrics["attention_jaccard"]["test"] == {}  # no test masks are shipped
 
 
 @pytest.mark.slow
 def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
-    root = shared_subset("isic2018_200x150_mini")
+    root = shared_subset("isic2018_200x150")
     out = tmp_path / "r18"
     metrics = attnmel.main(["--dataset", "isic2018", "--data-root", str(root), "--out", str(out),
-                            "--epochs", "1", "--roi", "lesion", *TINY])  # fmt: skip
+                            "--epochs", "1", "--roi", "lesion", "--limit", "35", *TINY])  # fmt: skip
     assert set(metrics["per_class"]) == {"MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}
-    assert (out / "plots" / "confusion.png").is_file()
+    assert (out / "plots" / "confusion.png").is_file() and (out / "split.json").is_file()
+    assert len(metrics["confusion_matrix"]) == 7
     header = (out / "predictions.csv").read_text().splitlines()[0]
     assert header == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"

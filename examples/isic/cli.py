@@ -35,6 +35,7 @@ __all__ = [
     "add_common_args",
     "check_amp",
     "check_layout",
+    "check_not_empty",
     "default_out_dir",
     "environment_info",
     "prepare_out_dir",
@@ -296,3 +297,14 @@ class LimitedDataset(torch.utils.data.Dataset):
 
     def summary(self) -> str:
         return f"{len(self)} of {self.dataset.summary()}"
+
+
+def check_not_empty(splits: Mapping[str, Any], root: Path) -> None:
+    """Raise ``ValueError`` naming the first split of ``splits`` that holds no image."""
+    for name, dataset in splits.items():
+        if len(dataset) == 0:
+            summary = dataset.summary() if hasattr(dataset, "summary") else type(dataset).__name__
+            raise ValueError(
+                f"the {name!r} split of {root} is empty ({summary}); check the data folder, "
+                "--limit and the split fractions"
+            )
