@@ -167,3 +167,27 @@ def test_real_isic2017_sample(tmp_path: Path) -> None:
     preds = _read_csv(tmp_path / "real" / "predictions.csv")
     assert len(preds) == len(ISIC2017Dataset(root, "test", task="both"))
     assert 0 <= metrics["mean_auc"] <= 1
+
+
+@pytest.mark.slow
+def test_script_under_torchrun_two_processes(tiny_root: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    script = Path(arl.__file__)
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+         "--data-root", str(tiny_root), "--out", str(out), "--epochs", "1", *TINY],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("average AUC") == 1  # rank 0 reports
+    preds = _read_csv(out / "predictions.csv")
+    assert [p["image_id"] for p in preds] == ISIC2017Dataset(tiny_root, "test", task="both").ids
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
