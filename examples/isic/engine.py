@@ -14,6 +14,9 @@ stop on a non-finite loss, and DDP under ``torchrun``.
 Determinism: every epoch starts by seeding python, numpy and torch from ``(seed, epoch)`` and calling
 ``set_epoch`` on the train sampler, so a run resumed from ``last.pt`` replays the same batches and
 augmentations and (on CPU) ends with the same weights as an uninterrupted run.
+
+The device, precision and prediction helpers (:func:`autocast`, :func:`move_to`, :func:`predict`, ...)
+live in :mod:`examples.isic.runtime` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import DistInfo, all_gather_objects, reduce_sum, unshard
+from .distributed import DistInfo, reduce_sum
+from .runtime import (
+    AMP_DTYPES,
+    Predictions,
+    atomic_save,
+    autocast,
+    default_forward,
+    move_to,
+    predict,
+    seed_everything,
+    softmax_probs,
+)
 
 __all__ = [
     "AMP_DTYPES",
@@ -47,12 +59,6 @@ __all__ = [
     "seed_everything",
 ]
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "none": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]
 LossFn = Callable[[dict, Any, nn.Module], LossOutput]
 ForwardFn = Callable[[nn.Module, dict], Any]
@@ -61,125 +67,6 @@ MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite; the last good checkpoint is left intact."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move every tensor of a (nested) batch to ``device``; 4-D float tensors optionally NHWC."""
-    if isinstance(obj, torch.Tensor):
-        obj = obj.to(device, non_blocking=True)
-        if channels_last and obj.ndim == 4 and obj.is_floating_point():
-            obj = obj.contiguous(memory_format=torch.channels_last)
-        return obj
-    if isinstance(obj, Mapping):
-        return {k: move_to(v, device, channels_last) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(move_to(v, device, channels_last) for v in obj)
-    return obj
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context for ``amp`` in ``AMP_DTYPES`` (a no-op context for ``"none"``)."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def default_forward(model: nn.Module, batch: dict) -> torch.Tensor:
-    """``model(batch["image"])``."""
-    return model(batch["image"])
-
-
-def softmax_probs(output: Any) -> torch.Tensor:
-    """Class probabilities from logits (the first element when the output is a tuple)."""
-    logits = output[0] if isinstance(output, tuple | list) else output
-    return logits.float().softmax(dim=-1)
-
-
-@dataclass
-class Predictions:
-    """Per-sample outputs of :func:`predict`, in dataset order.
-
-    ``probs`` (N, K) float64 class probabilities (averaged over test views when the images came as
-    (N, V, C, H, W)), ``targets`` (N, ...) the batches' ``label``, ``ids`` the batches' ``id``.
-    """
-
-    probs: np.ndarray
-    targets: np.ndarray
-    ids: list[str] = field(default_factory=list)
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    loader: Iterable[dict],
-    device: torch.device,
-    *,
-    forward: ForwardFn = default_forward,
-    to_probs: Callable[[Any], torch.Tensor] = softmax_probs,
-    amp: str = "none",
-    channels_last: bool = False,
-    dist_info: DistInfo | None = None,
-    progress: bool = False,
-    desc: str = "eval",
-) -> Predictions:
-    """Run ``model`` over ``loader`` in eval mode and collect probabilities, targets and ids.
-
-    Images of shape (N, V, C, H, W) are V views of each sample (e.g. the 9 test patches of ARL):
-    they are scored as N*V images and the probabilities averaged over V. Under DDP, give the loader
-    a :class:`~examples.isic.distributed.ShardSampler`; the pieces of every rank are gathered and put
-    back in dataset order, so nothing is counted twice.
-    """
-    from tqdm.auto import tqdm
-
-    info = dist_info or DistInfo()
-    was_training = model.training
-    model.eval()
-    probs, targets, ids = [], [], []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main))
-    for batch in bar:
-        batch = dict(batch)
-        image = batch["image"]
-        views = image.shape[1] if image.ndim == 5 else 1
-        if image.ndim == 5:
-            batch["image"] = image.flatten(0, 1)
-        batch = move_to(batch, device, channels_last)
-        with autocast(device, amp):
-            output = forward(model, batch)
-        p = to_probs(output).float()
-        p = p.reshape(image.shape[0], views, -1).mean(dim=1)
-        probs.extend(p.cpu().double().numpy())
-        targets.extend(torch.as_tensor(batch["label"]).cpu().numpy())
-        ids.extend(str(i) for i in batch.get("id", [""] * image.shape[0]))
-    model.train(was_training)
-    rows = list(zip(probs, targets, ids, strict=True))
-    rows = unshard(all_gather_objects(rows, info)) if info.enabled else rows
-    if not rows:
-        raise ValueError("predict: the loader yielded no samples")
-    p, t, i = zip(*rows, strict=True)
-    return Predictions(np.stack(p), np.stack(t), list(i))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

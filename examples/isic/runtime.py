@@ -1,0 +1,163 @@
+"""Device, precision, seeding, atomic saving and prediction helpers of the ISIC training engine.
+
+- :func:`autocast` / ``AMP_DTYPES``: the autocast context for ``--amp none|bf16|fp16``.
+- :func:`move_to`: a (nested) batch to a device, 4-D float tensors optionally channels_last.
+- :func:`seed_everything`, :func:`atomic_save`.
+- :func:`predict`: probabilities, targets and ids of a model over a loader, views averaged, gathered
+  in dataset order under DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import DistInfo, all_gather_objects, unshard
+
+__all__ = [
+    "AMP_DTYPES",
+    "Predictions",
+    "atomic_save",
+    "autocast",
+    "default_forward",
+    "move_to",
+    "predict",
+    "seed_everything",
+    "softmax_probs",
+]
+
+ForwardFn = Callable[[nn.Module, dict], Any]
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; 4-D float tensors optionally NHWC."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.ndim == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(move_to(v, device, channels_last) for v in obj)
+    return obj
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` in ``AMP_DTYPES`` (a no-op context for ``"none"``)."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_forward(model: nn.Module, batch: dict) -> torch.Tensor:
+    """``model(batch["image"])``."""
+    return model(batch["image"])
+
+
+def softmax_probs(output: Any) -> torch.Tensor:
+    """Class probabilities from logits (the first element when the output is a tuple)."""
+    logits = output[0] if isinstance(output, tuple | list) else output
+    return logits.float().softmax(dim=-1)
+
+
+@dataclass
+class Predictions:
+    """Per-sample outputs of :func:`predict`, in dataset order.
+
+    ``probs`` (N, K) float64 class probabilities (averaged over test views when the images came as
+    (N, V, C, H, W)), ``targets`` (N, ...) the batches' ``label``, ``ids`` the batches' ``id``.
+    """
+
+    probs: np.ndarray
+    targets: np.ndarray
+    ids: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    *,
+    forward: ForwardFn = default_forward,
+    to_probs: Callable[[Any], torch.Tensor] = softmax_probs,
+    amp: str = "none",
+    channels_last: bool = False,
+    dist_info: DistInfo | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> Predictions:
+    """Run ``model`` over ``loader`` in eval mode and collect probabilities, targets and ids.
+
+    Images of shape (N, V, C, H, W) are V views of each sample (e.g. the 9 test patches of ARL):
+    they are scored as N*V images and the probabilities averaged over V. Under DDP, give the loader
+    a :class:`~examples.isic.distributed.ShardSampler`; the pieces of every rank are gathered and put
+    back in dataset order, so nothing is counted twice.
+    """
+    from tqdm.auto import tqdm
+
+    info = dist_info or DistInfo()
+    was_training = model.training
+    model.eval()
+    probs, targets, ids = [], [], []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main))
+    for batch in bar:
+        batch = dict(batch)
+        image = batch["image"]
+        views = image.shape[1] if image.ndim == 5 else 1
+        if image.ndim == 5:
+            batch["image"] = image.flatten(0, 1)
+        batch = move_to(batch, device, channels_last)
+        with autocast(device, amp):
+            output = forward(model, batch)
+        p = to_probs(output).float()
+        p = p.reshape(image.shape[0], views, -1).mean(dim=1)
+        probs.extend(p.cpu().double().numpy())
+        targets.extend(torch.as_tensor(batch["label"]).cpu().numpy())
+        ids.extend(str(i) for i in batch.get("id", [""] * image.shape[0]))
+    model.train(was_training)
+    rows = list(zip(probs, targets, ids, strict=True))
+    rows = unshard(all_gather_objects(rows, info)) if info.enabled else rows
+    if not rows:
+        raise ValueError("predict: the loader yielded no samples")
+    p, t, i = zip(*rows, strict=True)
+    return Predictions(np.stack(p), np.stack(t), list(i))
