@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,13 @@ def compare(
         xb = np.array([r[k] for r in b], dtype=np.float64)
         if np.isnan(xa).any() or np.isnan(xb).any():
             continue
-        t, p = stats.ttest_ind(xa, xb, equal_var=not welch)
+        if np.ptp(xa) == 0 and np.ptp(xb) == 0:  # no spread: the t statistic is undefined or inf
+            same = xa[0] == xb[0]
+            t, p = (math.nan, math.nan) if same else (math.copysign(math.inf, xa[0] - xb[0]), 0.0)
+        else:
+            with warnings.catch_warnings():  # scipy warns when one group has no spread
+                warnings.simplefilter("ignore", RuntimeWarning)
+                t, p = stats.ttest_ind(xa, xb, equal_var=not welch)
         rows.append({
             "metric": k, "n_a": len(xa), "mean_a": xa.mean(), "std_a": xa.std(ddof=1),
             "n_b": len(xb), "mean_b": xb.mean(), "std_b": xb.std(ddof=1),

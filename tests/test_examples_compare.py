@@ -52,6 +52,9 @@ def test_all_common_metrics_and_errors(tmp_path: Path) -> None:
     assert {r["metric"] for r in rows} == {
         "mean_auc", "melanoma.accuracy", "melanoma.auc", "seborrheic_keratosis.auc",
     }  # fmt: skip
+    acc = next(r for r in rows if r["metric"] == "melanoma.accuracy")  # 0.8 in every run
+    assert math.isnan(acc["t"]) and math.isnan(acc["p"]) and acc["diff"] == 0
+    assert "nan" in compare_runs.format_comparison(rows)
     with pytest.raises(ValueError, match="at least 2 runs"):
         compare_runs.compare(compare_runs.load_runs(a[:1]), compare_runs.load_runs(b))
     with pytest.raises(ValueError, match="not in every run"):
