@@ -372,11 +372,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 metrics["confusion_matrix"], train.class_names, plots / "confusion.png"
             )
         if net.gates:
-            x, masks, _, ids, maps = attention_outputs(net, test, device, args.overlay_images)
+            x, masks, has, ids, maps = attention_outputs(net, test, device, args.overlay_images)
             names = {0: "pool-3", 1: "pool-4"} if args.backbone == "vgg16_bn" else {}
             over = {f"{names.get(k, f'gate {k}')} attention": ab.overlay_maps(m, x.shape[-2:])
                     for k, m in enumerate(maps)}  # fmt: skip
-            over["lesion mask"] = masks.float()
+            if has.any():  # the shared ISIC 2017 test set comes without masks
+                over["lesion mask"] = masks.float()
             images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
             viz.save_overlays(images, over, plots / "attention.png", ids)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
