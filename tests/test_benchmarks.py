@@ -135,8 +135,9 @@ def test_arl_resnet50_saves_what_resnet50_saves(norm):
 
 
 @pytest.mark.slow
-def test_memory_benchmark_full_size_ratio():
-    payload = memory.main(["--device", "cpu", "--pairs", "resnet50", "--out", "/dev/null"])
+def test_memory_benchmark_full_size_ratio(tmp_path):
+    out = str(tmp_path / "memory.json")
+    payload = memory.main(["--device", "cpu", "--pairs", "resnet50", "--out", out])
     for row in payload["results"]:
         if row["params"]["merge_backend"] == "eager":
             assert row["metrics"]["saved_ratio"] <= 1.05
