@@ -52,6 +52,8 @@ __all__ = [
     "saved_tensor_bytes",
     "setup_run",
     "default_output",
+    "fill_defaults",
+    "run_main",
     "time_fn",
     "validate_results",
     "write_results",
@@ -493,3 +495,26 @@ def default_output(name: str, args: argparse.Namespace, device: torch.device) ->
     if args.quick:
         return None
     return RESULTS_DIR / f"{name}-{device.type}.json"
+
+
+def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argparse.Namespace:
+    """Set every argument left at ``None`` to its profile default (``--quick`` or full)."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def run_main(
+    name: str,
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's ``main``: parse, run, write the JSON results where :func:`default_output` says."""
+    args = parse_args(argv)
+    payload = run(args)
+    out = default_output(name, args, resolve_device(args.device))
+    if out is not None:
+        print(f"wrote {write_results(payload, out)}")
+    return payload

@@ -155,12 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    payload = run(args)
-    out = harness.default_output("memory", args, harness.resolve_device(args.device))
-    if out is not None:
-        print(f"wrote {harness.write_results(payload, out)}")
-    return payload
+    return harness.run_main("memory", parse_args, run, argv)
 
 
 if __name__ == "__main__":

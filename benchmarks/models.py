@@ -246,19 +246,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 2,
         "merge_backends": ["eager"],
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return harness.fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    payload = run(args)
-    out = harness.default_output("models", args, harness.resolve_device(args.device))
-    if out is not None:
-        print(f"wrote {harness.write_results(payload, out)}")
-    return payload
+    return harness.run_main("models", parse_args, run, argv)
 
 
 if __name__ == "__main__":
