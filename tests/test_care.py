@@ -233,7 +233,6 @@ def test_care_on_timm_default_layer() -> None:
     assert out.cam.shape == (4, 1, 12, 10) and torch.isfinite(out.loss)
 
 
-@pytest.mark.slow
 def test_loss_compiles_fullgraph() -> None:
     loss = ab.CAREAttentionLoss()
     inner, outer = ab.box_to_inner_outer(torch.tensor([[1.0, 1.0, 5.0, 4.0]] * 2), (7, 6))

@@ -66,7 +66,6 @@ def _log(out: Path) -> list[dict[str, str]]:
     ]
 
 
-@pytest.mark.slow
 def test_baseline_shares_stage1_and_resume_is_exact(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150_mini")
     _run(root, tmp_path / "care")
@@ -119,7 +118,6 @@ def test_boxed_dataset_boxes_follow_the_transform() -> None:
     torch.testing.assert_close(plain[0]["box"], full[0]["box"] / 2, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
 def test_saliency_boxes_end_to_end(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150_mini")
     metrics = _run(root, tmp_path / "sal", "--boxes", "saliency", "--outer", "distance")

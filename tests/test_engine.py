@@ -302,7 +302,6 @@ def test_ddp_two_process_gloo(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
-@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     # no dropout: compiled code draws its random masks from another generator
     eager = make_trainer(tmp_path / "eager", p_drop=0.0)

@@ -149,7 +149,6 @@ def test_plain_baseline_starts_from_the_same_weights() -> None:
     assert arl.alpha_columns(with_arl)["alpha/layer3.0"] == pytest.approx(1e-3)
 
 
-@pytest.mark.slow
 def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     metrics = arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "m"), "--epochs", "1",
                         "--task", "melanoma", "--amp", "bf16", "--normalization", "sigmoid", *TINY])  # fmt: skip
@@ -158,7 +157,6 @@ def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     assert header == "image_id,melanoma"
 
 
-@pytest.mark.slow
 def test_real_isic2017_sample(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
     metrics = arl.main(

@@ -105,7 +105,6 @@ def test_bad_inputs(tiny_root: Path, tmp_path: Path) -> None:
                       "--weights", str(tmp_path / "missing.pth"), *TINY])  # fmt: skip
 
 
-@pytest.mark.slow
 def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
     metrics = attnmel.main(["--data-root", str(root), "--out", str(tmp_path / "r"), "--epochs", "1",
@@ -115,7 +114,6 @@ def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     assert metrics["attention_jaccard"]["test"] == {}  # no test masks are shipped
 
 
-@pytest.mark.slow
 def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150")
     out = tmp_path / "r18"

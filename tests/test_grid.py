@@ -144,7 +144,6 @@ def test_compile_fullgraph():
         torch.testing.assert_close(out, ref)
 
 
-@pytest.mark.slow
 def test_compile_fullgraph_inductor():
     gate = ab.GridAttentionGate(4, 6, 4)
     x, g = torch.randn(2, 4, 7, 5), torch.randn(2, 6, 3, 2)

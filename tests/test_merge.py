@@ -360,7 +360,6 @@ def test_network_saves_no_more_than_plain(backend):
     assert saved_tensor_bytes(arl, x) > 1.4 * plain
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["spatial", "sigmoid"])
 def test_compiled_backend_matches_eager(norm, backend):
     torch.manual_seed(0)
