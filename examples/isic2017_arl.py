@@ -211,7 +211,7 @@ def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path
         maps[f"ARL attention {last}"] = ab.overlay_maps(attn[last], x.shape[-2:])
     names = ISIC2017Dataset.csv_columns if args.task == "both" else ("other", args.task)
     classes = ("nevus", *names) if args.task == "both" else names
-    titles = [f"{it['id']}: {classes[int(it['label'])]} / pred {classes[int(c)]}"
+    titles = [f"{it['id']}\ntrue {classes[int(it['label'])]}\npred {classes[int(c)]}"
               for it, c in zip(items, cls, strict=True)]  # fmt: skip
     images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
     return viz.save_overlays(images, maps, path, titles)
