@@ -28,12 +28,19 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASS_FRACTIONS", "default_synthetic_root", "make_synthetic_isic2017", "render_lesion"]
+__all__ = [
+    "CLASS_FRACTIONS",
+    "cached_dataset",
+    "default_synthetic_root",
+    "make_synthetic_isic2017",
+    "render_lesion",
+]
 
 #: fraction of (nevus, melanoma, seborrheic keratosis) images per split
 CLASS_FRACTIONS = (0.45, 0.30, 0.25)
@@ -184,17 +191,36 @@ def default_synthetic_root(
     to ``<cache>/synthetic/isic2017-<settings hash>``, built in a temporary folder beside it and
     renamed into place (atomic: concurrent callers never see a half-written dataset).
     """
-    base = Path(cache or os.environ.get("ATTNBLOCKS_CACHE") or Path.home() / ".cache/attnblocks")
     key = f"{n_train}-{n_val}-{n_test}-{size}-{seed}-v2"
-    final = (
-        base.expanduser() / "synthetic" / f"isic2017-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return cached_dataset(
+        "isic2017",
+        key,
+        lambda tmp: make_synthetic_isic2017(tmp, n_train, n_val, n_test, size, seed),
+        cache,
     )
+
+
+def cached_dataset(
+    name: str,
+    key: str,
+    build: Callable[[Path], object],
+    cache: str | os.PathLike | None = None,
+) -> Path:
+    """``<cache>/synthetic/<name>-<hash of key>``, built once by ``build(folder)`` and reused.
+
+    The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE`` or ``~/.cache/attnblocks``. The data are
+    built in a temporary folder beside the final one and renamed into place, so concurrent callers
+    never see a half-written dataset.
+    """
+    base = Path(cache or os.environ.get("ATTNBLOCKS_CACHE") or Path.home() / ".cache/attnblocks")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    final = base.expanduser() / "synthetic" / f"{name}-{digest}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
-        make_synthetic_isic2017(tmp, n_train, n_val, n_test, size, seed)
+        build(tmp)
         os.rename(tmp, final)
     except OSError:
         if not final.is_dir():  # a concurrent caller may have won the rename

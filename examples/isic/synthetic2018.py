@@ -21,14 +21,13 @@ several pictures of one lesion, so that the lesion-grouped split is exercised::
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .synthetic import cached_dataset
 
 __all__ = [
     "CLASSES_2018",
@@ -193,22 +192,9 @@ def default_synthetic2018_root(
     Cache folder: ``cache`` or ``$ATTNBLOCKS_CACHE`` or ``~/.cache/attnblocks``, then
     ``synthetic/isic2018-<settings hash>``; built in a temporary folder and renamed into place.
     """
-    base = Path(cache or os.environ.get("ATTNBLOCKS_CACHE") or Path.home() / ".cache/attnblocks")
-    key = f"{n}-{size}-{seed}-v1"
-    final = (
-        base.expanduser() / "synthetic" / f"isic2018-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return cached_dataset(
+        "isic2018",
+        f"{n}-{size}-{seed}-v1",
+        lambda tmp: make_synthetic_isic2018(tmp, n, size, seed),
+        cache,
     )
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        make_synthetic_isic2018(tmp, n, size, seed)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():  # a concurrent caller may have won the rename
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
