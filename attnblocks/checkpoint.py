@@ -17,7 +17,7 @@ from torch import Tensor, nn
 __all__ = ["LoadReport", "load_checkpoint", "load_state_dict_report", "read_state_dict"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
-_PREFIXES = ("module.", "_orig_mod.", "model.")
+_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    for prefix in _PREFIXES[:2]:
+    for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)

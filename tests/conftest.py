@@ -19,14 +19,6 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    """Root of the real ISIC samples (``../shared/data``); skips the test when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real ISIC data not found at {SHARED_DATA} (set ATTNBLOCKS_SHARED_DATA)")
-    return SHARED_DATA
-
-
 def shared_subset(name: str) -> Path:
     """Path of one folder of ``../shared/data``; skips the calling test when it is absent."""
     path = SHARED_DATA / name
