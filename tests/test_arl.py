@@ -209,7 +209,11 @@ def test_bf16_autocast_cpu(norm):
             with ab.record_attention(arl) as maps:
                 arl(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    torch.testing.assert_close(out.float(), ref, atol=0.1 * ref.abs().max().item(), rtol=0.05)
+    torch.testing.assert_close(out.float(), ref, atol=0.03 * ref.abs().max().item(), rtol=0)
+    # the bf16 error must be small against what the attention term contributes (alpha = 0.5 vs 0)
+    with torch.no_grad():
+        effect = (ref - arl.unwrap().eval()(x)).abs().max()
+    assert (out.float() - ref).abs().max() < 0.5 * effect
     assert all(torch.isfinite(m).all() for m in maps.values())
 
 
