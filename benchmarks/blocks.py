@@ -220,12 +220,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
     finally:
         merge.set_merge_backend(previous)
-    print(harness.format_table(table, list(table[0]) if table else []))
-    config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}
-    config["copy_bandwidth_bytes_per_s"] = copy_bw
-    config["nominal_peak_bytes_per_s"] = peak
-    return harness.make_payload(
-        "blocks", rows, config=config, metadata=harness.run_metadata(device)
+    return harness.finish_run(
+        "blocks",
+        rows,
+        table,
+        args,
+        device,
+        copy_bandwidth_bytes_per_s=copy_bw,
+        nominal_peak_bytes_per_s=peak,
     )
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "setup_run",
     "default_output",
     "fill_defaults",
+    "finish_run",
     "run_main",
     "time_fn",
     "validate_results",
@@ -503,6 +504,22 @@ def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argp
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
+
+
+def finish_run(
+    benchmark: str,
+    rows: list[dict[str, Any]],
+    table: Sequence[Mapping[str, Any]],
+    args: argparse.Namespace,
+    device: torch.device,
+    **extra_config: Any,
+) -> dict[str, Any]:
+    """Print ``table`` and return the results document of a run: ``args`` (and ``extra_config``) as
+    its configuration, the metadata of ``device``."""
+    print(format_table(table, list(table[0]) if table else []))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(extra_config)
+    return make_payload(benchmark, rows, config=config, metadata=run_metadata(device))
 
 
 def run_main(

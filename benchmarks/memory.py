@@ -120,11 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"saved activations, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
         f"{device.type}"
     )
-    print(harness.format_table(table, list(table[0]) if table else []))
-    config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}
-    return harness.make_payload(
-        "memory", rows, config=config, metadata=harness.run_metadata(device)
-    )
+    return harness.finish_run("memory", rows, table, args, device)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,11 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--channels-last", action="store_true")
     args = p.parse_args(argv)
-    if args.batch_size is None:
-        args.batch_size = 2 if args.quick else 8
-    if args.image_size is None:
-        args.image_size = 64 if args.quick else 224
-    return args
+    quick = args.quick
+    defaults = {"batch_size": 2 if quick else 8, "image_size": 64 if quick else 224}
+    return harness.fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

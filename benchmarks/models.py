@@ -211,11 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
     finally:
         merge.set_merge_backend(previous_backend)
-    print(harness.format_table(table, list(table[0]) if table else []))
-    config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}
-    return harness.make_payload(
-        "models", rows, config=config, metadata=harness.run_metadata(device)
-    )
+    return harness.finish_run("models", rows, table, args, device)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
