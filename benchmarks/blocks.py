@@ -18,7 +18,6 @@ peak bandwidth: a roofline figure for a memory-bound epilogue.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -62,12 +61,6 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, min_run_time: fl
     return 2.0 * nbytes / t.median
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
-
-
 def _block_step(
     block: nn.Module, x: torch.Tensor, mode: str, dtype: str, backend: str | None
 ) -> Callable[[], None]:
@@ -78,7 +71,7 @@ def _block_step(
         def fwd() -> None:
             if backend is not None:
                 merge.set_merge_backend(backend)
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), harness.autocast(device, dtype):
                 block(x)
 
         return fwd
@@ -88,7 +81,7 @@ def _block_step(
     def fwd_bwd() -> None:
         if backend is not None:
             merge.set_merge_backend(backend)
-        with _autocast(device, dtype):
+        with harness.autocast(device, dtype):
             out = block(x)
         out.backward(grad.to(out.dtype))
 
@@ -103,9 +96,7 @@ def _merge_fns(
     dt = DTYPES[dtype]
     t = torch.randn(batch, c, hw, hw, device=device, dtype=dt).to(memory_format=fmt)
     s = torch.randn_like(t)
-    bn = nn.BatchNorm2d(c, device=device, dtype=torch.float32)
-    if dt != torch.float32:
-        bn = bn.to(dt)
+    bn = nn.BatchNorm2d(c, device=device, dtype=dt)
     alpha = torch.tensor(1e-3, device=device, requires_grad=True)
     tg, sg = t.clone().requires_grad_(True), s.clone().requires_grad_(True)
     dy = torch.randn_like(t)
@@ -160,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         x = torch.randn(batch, c, hw, hw, device=device).to(memory_format=fmt)
                         merges = _merge_fns(c, hw, batch, dtype, cl, device, backend)
                         numel = batch * c * hw * hw
-                        item = DTYPES[dtype].itemsize if dtype != "fp32" else 4
+                        item = DTYPES[dtype].itemsize
                         for mode_i, mode in enumerate(args.modes):
                             variants = {
                                 "plain": _block_step(copy.deepcopy(plain), x, mode, dtype, None),

@@ -21,6 +21,7 @@ Method (see ``benchmarks/README.md``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ __all__ = [
     "SavedTensorMeter",
     "Timing",
     "add_common_args",
+    "autocast",
     "compare_alternating",
     "format_table",
     "make_payload",
@@ -181,6 +183,18 @@ def _quartiles(ts: Sequence[float]) -> tuple[float, float]:
         return ts[0], ts[0]
     q = statistics.quantiles(ts, n=4, method="inclusive")
     return q[0], q[2]
+
+
+_AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``"bf16"`` or ``"fp16"``; no autocast for ``"none"`` or ``"fp32"``."""
+    if amp in ("none", "fp32"):
+        return contextlib.nullcontext()
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"unknown autocast dtype {amp!r}; expected none, fp32, bf16 or fp16")
+    return torch.autocast(device.type, dtype=_AMP_DTYPES[amp])
 
 
 def _sync(device: torch.device) -> None:

@@ -17,7 +17,6 @@ inference step is an ``eval()`` forward under ``torch.inference_mode``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,12 +83,6 @@ def build_pair(
     return plain, pair.build_attn(plain, num_classes, normalization)
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
-
-
 def make_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -114,7 +107,7 @@ def make_step(
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
             opt.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
+            with harness.autocast(device, amp):
                 loss = loss_fn(model(x).float(), y)
             loss.backward()
             opt.step()
@@ -126,7 +119,7 @@ def make_step(
         def infer() -> None:
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
-            with torch.inference_mode(), _autocast(device, amp):
+            with torch.inference_mode(), harness.autocast(device, amp):
                 model(x)
 
         return infer
