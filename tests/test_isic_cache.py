@@ -118,3 +118,37 @@ def test_dataset_with_cache_matches_direct_resize(tmp_path):
     assert a["image"].shape == b["image"].shape == (3, 48, 48)
     assert (a["image"] - b["image"]).abs().mean() < 0.02  # JPEG re-encoding only
     assert (a["mask"] != b["mask"]).float().mean() < 0.02
+
+
+def test_warm_build_reads_headers_only(tmp_path, monkeypatch):
+    import examples.isic.cache as cache_mod
+
+    img = _jpeg(tmp_path / "a.jpg", 300, 200)
+    mask = np.zeros((200, 300), np.uint8)
+    mask[50:150, 100:200] = 255
+    Image.fromarray(mask).save(tmp_path / "a_segmentation.png")
+    items = [(img, tmp_path / "a_segmentation.png")]
+    cache = ResizedImageCache(tmp_path / "c", size=100)
+    assert cache.build(items, progress=False) == []
+    built = {p: p.stat().st_mtime_ns for p in cache.folder.iterdir()}
+    assert len(built) == 2
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a warm build decoded a file")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "load_image", no_decode)
+        m.setattr(cache_mod, "load_mask", no_decode)
+        assert cache.build(items, progress=False) == []
+    assert {p: p.stat().st_mtime_ns for p in cache.folder.iterdir()} == built
+    # an unreadable entry is rebuilt by the build; a truncated one when it is next read
+    entry = cache.image_entry(img)
+    good = entry.read_bytes()
+    entry.write_bytes(b"garbage")
+    assert cache.build(items, progress=False) == []
+    assert entry.read_bytes() != b"garbage"
+    assert cache.get_image(img).size == (150, 100)
+    entry.write_bytes(good[:300])
+    assert cache.build(items, progress=False) == []
+    assert cache.get_image(img).size == (150, 100)
+    assert entry.read_bytes() != good[:300]

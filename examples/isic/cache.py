@@ -168,6 +168,9 @@ class ResizedImageCache:
         """Path of the cached copy of ``src`` (may not exist yet)."""
         return self._entry(Path(src), "image")
 
+    def _mask_entry(self, src: str | os.PathLike, image_size: tuple[int, int]) -> Path:
+        return self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}")
+
     def get_image(self, src: str | os.PathLike) -> Image.Image:
         """The resized RGB image of ``src``; decoded and stored on first use."""
         entry = self.image_entry(src)
@@ -182,7 +185,7 @@ class ResizedImageCache:
 
     def get_mask(self, src: str | os.PathLike, image_size: tuple[int, int]) -> Image.Image:
         """The binary mask of ``src`` resized (nearest) to ``image_size = (width, height)``."""
-        entry = self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}")
+        entry = self._mask_entry(src, image_size)
         if entry.exists():
             try:
                 return load_mask(entry)
@@ -198,7 +201,7 @@ class ResizedImageCache:
 
     def get_mask_tensor(self, src: str | os.PathLike, image_size: tuple[int, int]) -> torch.Tensor:
         """:meth:`get_mask` as a uint8 ``(1, H, W)`` tensor of 0/1; ``image_size = (w, h)``."""
-        entry = self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}")
+        entry = self._mask_entry(src, image_size)
         if entry.exists():
             try:
                 with Image.open(entry) as im:
@@ -221,6 +224,9 @@ class ResizedImageCache:
         skip_errors: bool = False,
     ) -> list[tuple[str, str]]:
         """Fill the cache for ``(image_path, mask_path_or_None)`` pairs.
+
+        Entries already present are not decoded (only the image's header is read); a damaged one
+        is rebuilt when it is next read.
 
         Args:
             workers: processes to use (0 = in this process).
@@ -257,9 +263,14 @@ def _size_name(size: int | tuple[int, int]) -> str:
 def _build_one(cache: ResizedImageCache, item: tuple[str, str | None]) -> tuple[str, str] | None:
     image_path, mask_path = item
     try:
-        im = cache.get_image(image_path)
-        if mask_path is not None:
-            cache.get_mask(mask_path, im.size)
+        entry = cache.image_entry(image_path)
+        try:  # a cached entry's size is in its header: no decode on a warm cache
+            with Image.open(entry) as im:
+                size = im.size
+        except (OSError, SyntaxError, ValueError):  # missing or damaged: (re)build it
+            size = cache.get_image(image_path).size
+        if mask_path is not None and not cache._mask_entry(mask_path, size).exists():
+            cache.get_mask(mask_path, size)
     except ImageReadError as err:
         return (image_path, str(err))
     return None
