@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gradcam import minmax_normalize
+
 __all__ = [
     "box_to_inner_outer",
     "boxes_from_masks",
@@ -253,7 +255,7 @@ def spectral_residual_saliency(images: Tensor, width: int = 64, sigma: float = 5
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     grey = images.float().mean(dim=1, keepdim=True)
     wh = (max(8, round(width * h / w)), width)
     grey = F.interpolate(grey, size=wh, mode="bilinear", align_corners=False, antialias=True)
@@ -264,9 +266,7 @@ def spectral_residual_saliency(images: Tensor, width: int = 64, sigma: float = 5
     rec = torch.fft.ifft2(residual * torch.exp(1j * torch.angle(spec)))
     sal = _blur(rec.abs() ** 2, sigma)
     sal = F.interpolate(sal, size=(h, w), mode="bilinear", align_corners=False)
-    lo = sal.flatten(1).amin(1).view(n, 1, 1, 1)
-    hi = sal.flatten(1).amax(1).view(n, 1, 1, 1)
-    return (sal - lo) / (hi - lo).clamp_min(1e-12)
+    return minmax_normalize(sal, eps=1e-12)
 
 
 _SALIENCY: dict[str, Callable[[Tensor], Tensor]] = {

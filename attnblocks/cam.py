@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gradcam import minmax_normalize
+
 __all__ = ["class_activation_map", "minmax_maps", "overlay_maps", "upsample_maps"]
 
 
@@ -91,10 +93,7 @@ def minmax_maps(maps: Tensor, eps: float = 1e-8) -> Tensor:
 
     A constant map becomes 0. Returns float32 ``(N, C, h, w)``.
     """
-    maps = _as_nchw(maps, "minmax_maps").float()
-    lo = maps.amin(dim=(2, 3), keepdim=True)
-    hi = maps.amax(dim=(2, 3), keepdim=True)
-    return (maps - lo) / (hi - lo).clamp_min(eps)
+    return minmax_normalize(_as_nchw(maps, "minmax_maps").float(), eps)
 
 
 def overlay_maps(

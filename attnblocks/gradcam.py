@@ -128,10 +128,10 @@ def capture_activation(layer: nn.Module) -> Iterator[list[Tensor]]:
 
 
 def minmax_normalize(cam: Tensor, eps: float = 1e-8) -> Tensor:
-    """Min-max normalise each map of ``cam`` ``(N, 1, H, W)`` to [0, 1] (a flat map becomes 0)."""
-    flat = cam.flatten(1)
-    lo = flat.amin(dim=1).view(-1, 1, 1, 1)
-    hi = flat.amax(dim=1).view(-1, 1, 1, 1)
+    """Min-max normalise each ``(n, c)`` map of ``cam`` ``(N, C, H, W)`` to [0, 1] in its own dtype
+    (a flat map becomes 0)."""
+    lo = cam.amin(dim=(2, 3), keepdim=True)
+    hi = cam.amax(dim=(2, 3), keepdim=True)
     return (cam - lo) / (hi - lo).clamp_min(eps)
 
 
