@@ -233,9 +233,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def _loss(self, batch: dict, output: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss tensor and ``{"loss": value, part: value, ...}`` as Python floats.
+
+        The loss and every tensor part are read back in one device-to-host copy (one sync per
+        step, however many parts are logged).
+        """
         result = self.loss_fn(batch, output, self.model)
         loss, parts = result if isinstance(result, tuple) else (result, {})
-        return loss, {k: float(v) for k, v in parts.items()}
+        scalars = [loss, *parts.values()]
+        values = torch.stack(
+            [torch.as_tensor(v, device=loss.device).detach().double().reshape(()) for v in scalars]
+        ).tolist()
+        return loss, dict(zip(["loss", *parts], values, strict=True))
 
     def train_one_epoch(self, loader: Iterable[dict], epoch: int) -> dict[str, float]:
         """One pass over ``loader``; returns the sample-weighted mean loss (and parts) and images/s."""
@@ -255,13 +264,14 @@ class Trainer:
             n = batch["image"].shape[0]
             with autocast(self.device, self.amp):
                 output = self.forward(self.model, batch)
-                loss, parts = self._loss(batch, output)
-            finite = float(torch.isfinite(loss.detach()).all())
+                loss, values = self._loss(batch, output)
+            finite = float(math.isfinite(values["loss"]))
             if self.dist.enabled:
                 finite = reduce_sum([finite], self.dist)[0] / self.dist.world_size
             if finite < 1:
+                parts = {k: v for k, v in values.items() if k != "loss"}
                 raise NonFiniteLossError(
-                    f"non-finite training loss {loss.item()} at epoch {epoch}, step {step} "
+                    f"non-finite training loss {values['loss']} at epoch {epoch}, step {step} "
                     f"(parts: {parts}); stopped without writing a checkpoint - the last good one "
                     f"is {self.ckpt_dir / 'last.pt'}. Lower --lr or use --amp none."
                 )
@@ -273,7 +283,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             seen += n
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
+            for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v * n
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
