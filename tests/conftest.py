@@ -19,6 +19,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (small tensors: more threads only add wake-up latency)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_subset(name: str) -> Path:
     """Path of one folder of ``../shared/data``; skips the calling test when it is absent."""
     path = SHARED_DATA / name

@@ -21,14 +21,7 @@ from examples.isic import (
     make_synthetic_isic2017,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add wake-up latency on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digest(root: Path) -> str:
@@ -146,7 +139,6 @@ def train_tiny_cnn(root: Path, epochs: int = 6, size: int = 48, seed: int = 0) -
 
 @pytest.mark.slow
 def test_tiny_cnn_learns_synthetic_labels(tmp_path):
-    torch.set_num_threads(1)
     root = make_synthetic_isic2017(tmp_path / "s", n_train=300, n_val=3, n_test=150, size=96)
     metrics = train_tiny_cnn(root)
     assert metrics["melanoma"]["auc"] > 0.85 and metrics["seborrheic_keratosis"]["auc"] > 0.85, (

@@ -27,14 +27,7 @@ from examples.isic import (
     gray_world,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add wake-up latency on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blocky_pair(h: int, w: int, seed: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
