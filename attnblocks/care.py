@@ -285,8 +285,6 @@ class CARE:
         cam = grad_cam_from_activation(
             logits, store[0], targets, size, detach_weights=self.detach_weights, select=selected
         )
-        care_loss = care_attention_loss(
-            cam, inner, outer, self.loss_fn.tau, selected, self.loss_fn.reduction
-        )
+        care_loss = self.loss_fn(cam, inner, outer, selected)
         loss = (1.0 - self.loss_fn.mix) * cls_loss + self.loss_fn.mix * care_loss
         return CAREOutput(loss, logits, cls_loss, care_loss, cam, selected)
