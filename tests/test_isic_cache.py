@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from examples.isic import ImageReadError, ISIC2017Dataset, ResizedImageCache, load_image, load_mask
-from examples.isic.cache import target_size
+from examples.isic.cache import atomic_write, target_size
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -152,3 +152,18 @@ def test_warm_build_reads_headers_only(tmp_path, monkeypatch):
     assert cache.build(items, progress=False) == []
     assert cache.get_image(img).size == (150, 100)
     assert entry.read_bytes() != good[:300]
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    dest = tmp_path / "sub" / "split.json"
+    atomic_write(dest, lambda fh: fh.write(b"one"))
+    assert dest.read_bytes() == b"one"
+
+    def fail(fh):
+        fh.write(b"partial")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_write(dest, fail)
+    assert dest.read_bytes() == b"one"
+    assert [p.name for p in dest.parent.iterdir()] == ["split.json"]  # no temporary left

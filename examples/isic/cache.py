@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from PIL import Image, ImageFile
 __all__ = [
     "ImageReadError",
     "ResizedImageCache",
+    "atomic_write",
     "load_image",
     "load_mask",
     "target_size",
@@ -109,17 +111,24 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> I
     return im.point(lambda v: 255 if v > 127 else 0)
 
 
-def _atomic_save(im: Image.Image, dest: Path, **kwargs) -> None:
+def atomic_write(dest: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """``write(fh)`` into a temporary binary file beside ``dest``, then ``os.replace`` it onto
+    ``dest`` (readers never see a partial file; the temporary file is removed on error)."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
-            im.save(fh, **kwargs)
+            write(fh)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_save(im: Image.Image, dest: Path, **kwargs) -> None:
+    atomic_write(dest, lambda fh: im.save(fh, **kwargs))
 
 
 class ResizedImageCache:

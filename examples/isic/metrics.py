@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .cache import atomic_write
 
 __all__ = [
     "attention_jaccard",
@@ -242,9 +243,5 @@ def write_predictions_csv(
     for image_id, row in zip(ids, p, strict=True):
         writer.writerow([image_id, *(repr(float(v)) for v in row)])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".csv")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
     return path

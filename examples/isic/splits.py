@@ -17,11 +17,12 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .cache import atomic_write
 
 __all__ = ["SPLITS", "get_or_make_split", "lesion_split", "read_lesion_groups"]
 
@@ -161,9 +162,6 @@ def get_or_make_split(
             "test_fraction": test_fraction,
             "assignment": assignment,
         }
-        split_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=split_file.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, sort_keys=True)
-        os.replace(tmp, split_file)
+        text = json.dumps(payload, indent=1, sort_keys=True)
+        atomic_write(split_file, lambda fh: fh.write(text.encode()))
     return assignment
