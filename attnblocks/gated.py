@@ -164,8 +164,12 @@ class AttentionGatedNet(nn.Module):
             self.load_report = self.load_backbone_weights(weights)
 
         factory, _ = _HEADS[head]
-        kw = {"inter_channels": inter_channels, "normalization": normalization}
-        kw.update({"aggregation": aggregation, **dd})
+        kw = {
+            "inter_channels": inter_channels,
+            "normalization": normalization,
+            "aggregation": aggregation,
+            **dd,
+        }
         self.head_type = head
         self.branches = nn.ModuleList(factory(c, channels[-1], **kw) for c in channels[:-1])
         self.stage_channels = tuple(channels)
