@@ -128,7 +128,8 @@ def test_any_timm_backbone(name, channels):
     with ab.record_attention(net) as recorded:
         net(x)
     assert sorted(recorded) == ["branches.0", "branches.1"]
-    torch.testing.assert_close(recorded["branches.1"], maps[1].detach(), atol=1e-6, rtol=1e-5)
+    for i, m in enumerate(maps):
+        torch.testing.assert_close(recorded[f"branches.{i}"], m.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_module_backbones_full_and_features_only():
