@@ -141,23 +141,31 @@ def predict(
     probs, targets, ids = [], [], []
     bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main))
     for batch in bar:
-        batch = dict(batch)
         image = batch["image"]
-        views = image.shape[1] if image.ndim == 5 else 1
-        if image.ndim == 5:
-            batch["image"] = image.flatten(0, 1)
-        batch = move_to(batch, device, channels_last)
+        n, views = image.shape[0], image.shape[1] if image.ndim == 5 else 1
+        inputs = {**batch, "image": image.flatten(0, 1)} if image.ndim == 5 else batch
+        inputs = move_to(inputs, device, channels_last)
         with autocast(device, amp):
-            output = forward(model, batch)
-        p = to_probs(output).float()
-        p = p.reshape(image.shape[0], views, -1).mean(dim=1)
-        probs.extend(p.cpu().double().numpy())
-        targets.extend(torch.as_tensor(batch["label"]).cpu().numpy())
-        ids.extend(str(i) for i in batch.get("id", [""] * image.shape[0]))
+            output = forward(model, inputs)
+        probs.append(to_probs(output).float().reshape(n, views, -1).mean(dim=1))  # stays on device
+        targets.append(torch.as_tensor(batch["label"]))  # the loader's copy: no device round trip
+        ids.extend(str(i) for i in batch.get("id", [""] * n))
     model.train(was_training)
-    rows = list(zip(probs, targets, ids, strict=True))
-    rows = unshard(all_gather_objects(rows, info)) if info.enabled else rows
-    if not rows:
+    if probs:  # one device-to-host copy for the whole loader
+        local = (torch.cat(probs).cpu().double().numpy(), torch.cat(targets).cpu().numpy(), ids)
+    else:  # a rank whose shard is empty
+        local = (np.zeros((0, 0)), np.zeros(0), ids)
+    pieces = all_gather_objects(local, info)
+    sizes = [len(piece[2]) for piece in pieces]
+    if not sum(sizes):
         raise ValueError("predict: the loader yielded no samples")
-    p, t, i = zip(*rows, strict=True)
-    return Predictions(np.stack(p), np.stack(t), list(i))
+    starts = np.cumsum([0, *sizes])
+    # dataset position -> row of the rank-ordered concatenation (ShardSampler interleaves ranks)
+    order = unshard([range(starts[r], starts[r + 1]) for r in range(len(pieces))])
+    kept = [piece for piece in pieces if len(piece[2])]
+    all_ids = [i for piece in kept for i in piece[2]]
+    return Predictions(
+        np.concatenate([piece[0] for piece in kept])[order],
+        np.concatenate([piece[1] for piece in kept])[order],
+        [all_ids[k] for k in order],
+    )
