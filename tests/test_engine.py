@@ -263,6 +263,7 @@ sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from torch.utils.data import DataLoader, DistributedSampler
 from examples.isic.distributed import init_distributed, ShardSampler
+from examples.isic.engine import predict
 from test_engine import Blobs, make_trainer
 info = init_distributed(torch.device("cpu"))
 train, val = Blobs(40), Blobs(13, 1)
@@ -271,8 +272,15 @@ vl = DataLoader(val, batch_size=4, sampler=ShardSampler(len(val), info.rank, inf
 trainer = make_trainer({out!r}, dist_info=info)
 trainer.fit(tl, vl, epochs=2)
 preds, metrics = trainer.evaluate(vl)
+fixed, cpu = Blobs(13, 1, flip=False), torch.device("cpu")  # no random flip: comparable runs
+shards = ShardSampler(len(fixed), info.rank, info.world_size)
+sharded = predict(trainer.module, DataLoader(fixed, batch_size=4, sampler=shards), cpu,
+                  dist_info=info)
+alone = predict(trainer.module, DataLoader(fixed, batch_size=4), cpu)
 w = torch.cat([p.detach().flatten() for p in trainer.module.parameters()])
-json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": info.world_size}},
+json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": info.world_size,
+           "sharded": [sharded.probs.tolist(), sharded.targets.tolist(), sharded.ids],
+           "alone": [alone.probs.tolist(), alone.targets.tolist(), alone.ids]}},
           open({out!r} + f"/rank{{info.rank}}.json", "w"))
 """
 
@@ -297,6 +305,11 @@ def test_ddp_two_process_gloo(tmp_path: Path) -> None:
     assert r0["ids"] == r1["ids"] == [f"img{i:03d}" for i in range(13)]  # no padded duplicate
     assert r0["w"] == r1["w"]  # replicas stay in sync
     assert r0["acc"] == r1["acc"]
+    # the gathered shards are the single-process predictions, row for row
+    probs, targets, ids = r0["sharded"]
+    assert r1["sharded"] == r0["sharded"] and ids == r0["alone"][2] == r0["ids"]
+    assert targets == r0["alone"][1] == [i % 2 for i in range(13)]
+    np.testing.assert_allclose(probs, r0["alone"][0], rtol=0, atol=1e-6)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # logged once, by rank 0
     assert (tmp_path / "checkpoints" / "last.pt").is_file()

@@ -19,6 +19,7 @@ __all__ = [
     "DistInfo",
     "ShardSampler",
     "all_gather_objects",
+    "broadcast_buffers",
     "init_distributed",
     "reduce_sum",
     "unshard",
@@ -100,6 +101,17 @@ def unshard(pieces: list[list[Any]]) -> list[Any]:
     world = len(pieces)
     total = sum(len(p) for p in pieces)
     return [pieces[i % world][i // world] for i in range(total)]
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (e.g. BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each training forward only, so after the last step of an
+    epoch every rank holds the statistics of its own batches; evaluation needs one model.
+    """
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def reduce_sum(values: list[float], info: DistInfo) -> list[float]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import DistInfo, reduce_sum
+from .distributed import DistInfo, broadcast_buffers, reduce_sum
 from .runtime import (
     AMP_DTYPES,
     Predictions,
@@ -287,6 +287,7 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + v * n
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
+        broadcast_buffers(self.module, self.dist)  # validate and save one model on every rank
         keys = sorted(totals)
         summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist)
         count = max(summed[-1], 1.0)
