@@ -71,6 +71,21 @@ def _lesion_mask(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
     return np.hypot(yy - cy, xx - cx) <= r0 * r
 
 
+def _draw_hairs(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, extent: float, step: float
+) -> None:
+    """``count`` hairs: dark, gently curved 5-segment strokes of ``step``-long segments, each
+    starting at a random point of ``[0, extent)^2``."""
+    for _ in range(count):
+        p, direction = rng.uniform(0, extent, 2), rng.uniform(0, 2 * np.pi)
+        pts = []
+        for _ in range(6):
+            pts.append(tuple(p))
+            direction += rng.normal(0, 0.25)
+            p = p + step * np.array([np.cos(direction), np.sin(direction)])
+        draw.line(pts, fill=tuple(int(v) for v in rng.integers(20, 60, 3)), width=1)
+
+
 def render_lesion(rng: np.random.Generator, cls: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One ``(size, size, 3)`` uint8 image and its boolean lesion mask; ``cls`` 0/1/2.
 
@@ -108,15 +123,7 @@ def render_lesion(rng: np.random.Generator, cls: int, size: int) -> tuple[np.nda
     img = img * (1 - alpha) + body * alpha
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    for _ in range(rng.integers(0, 6)):  # hairs: dark gently curved strokes
-        p = rng.uniform(0, size, 2)
-        direction = rng.uniform(0, 2 * np.pi)
-        pts = []
-        for _ in range(6):
-            pts.append(tuple(p))
-            direction += rng.normal(0, 0.25)
-            p = p + size / 8 * np.array([np.cos(direction), np.sin(direction)])
-        draw.line(pts, fill=tuple(int(v) for v in rng.integers(20, 60, 3)), width=1)
+    _draw_hairs(draw, rng, int(rng.integers(0, 6)), size, size / 8)
     for _ in range(rng.integers(0, 3)):  # air bubbles: bright rings
         c, rad = rng.uniform(0, size, 2), rng.uniform(0.02, 0.06) * size
         draw.ellipse([*(c - rad), *(c + rad)], outline=(245, 245, 245), width=1)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .synthetic import cached_dataset
+from .synthetic import _draw_hairs, cached_dataset
 
 __all__ = [
     "CLASSES_2018",
@@ -125,14 +125,7 @@ def _render(rng: np.random.Generator, cls: int, h: int, w: int) -> tuple[np.ndar
                 direction += rng.normal(0, 0.6)
                 p = p + h / 18 * np.array([np.cos(direction), np.sin(direction)])
             draw.line(pts, fill=(120, 20, 40), width=max(1, h // 64))
-    for _ in range(int(rng.integers(0, 5))):  # hairs
-        p, direction = rng.uniform(0, min(h, w), 2), rng.uniform(0, 2 * np.pi)
-        pts = []
-        for _ in range(6):
-            pts.append(tuple(p))
-            direction += rng.normal(0, 0.25)
-            p = p + h / 8 * np.array([np.cos(direction), np.sin(direction)])
-        draw.line(pts, fill=tuple(int(v) for v in rng.integers(20, 60, 3)), width=1)
+    _draw_hairs(draw, rng, int(rng.integers(0, 5)), min(h, w), h / 8)
     return np.asarray(out), mask
 
 
