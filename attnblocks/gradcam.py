@@ -176,7 +176,7 @@ def grad_cam_from_activation(
         raise ValueError(
             f"targets must hold one class per image ({logits.shape[0]}), got {targets}"
         )
-    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+    if bool(((targets < 0) | (targets >= logits.shape[1])).any()):
         raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got {targets.tolist()}")
     score = logits.gather(1, targets[:, None]).flatten()
     if select is not None:
