@@ -124,7 +124,6 @@ class ISICDataset(torch.utils.data.Dataset):
                 raise ValueError("cache_dir needs image_size (int shorter side or (h, w))")
             check_outside(cache_dir, [self.root])
             self.cache = ResizedImageCache(cache_dir, image_size)
-        self.skipped: list[str] = []
         bad: set[int] = set()
         if self.cache is not None:
             failures = self.cache.build(
@@ -145,7 +144,7 @@ class ISICDataset(torch.utils.data.Dataset):
                     log.warning("skipping unreadable image: %s", err)
                     bad.add(k)
         keep = [k for k in range(len(ids)) if k not in bad]
-        self.skipped = [ids[k] for k in sorted(bad)]
+        self.skipped: list[str] = [ids[k] for k in sorted(bad)]
         self.ids = [ids[k] for k in keep]
         self.image_paths = [image_paths[k] for k in keep]
         self.mask_paths = [mask_paths[k] for k in keep]
