@@ -146,7 +146,7 @@ def test_autocast_returns_float32_close_to_fp32(dtype: torch.dtype) -> None:
     with torch.autocast("cpu", dtype=dtype):
         cam, _ = ab.grad_cam(net, x, "feat", [0, 1])
     assert cam.dtype == torch.float32
-    assert (cam - ref).abs().max() < 0.1
+    assert (cam - ref).abs().max() < 0.05  # 0.015 at worst over 30 seeds (bf16)
 
 
 def test_minmax_normalize_flat_map_is_zero() -> None:
