@@ -154,6 +154,10 @@ def test_minmax_normalize_flat_map_is_zero() -> None:
     out = minmax_normalize(cam)
     assert torch.equal(out[0], torch.zeros(1, 3, 3))
     torch.testing.assert_close(out[1], torch.arange(9.0).view(1, 3, 3) / 8)
+    # each (n, c) map on its own, in the input's dtype
+    two = torch.stack([torch.arange(4.0), 10 - 2 * torch.arange(4.0)]).view(1, 2, 2, 2).double()
+    expected = torch.stack([torch.arange(4.0) / 3, 1 - torch.arange(4.0) / 3]).view(1, 2, 2, 2)
+    torch.testing.assert_close(minmax_normalize(two), expected.double())
 
 
 def test_unknown_layer_lists_candidates() -> None:
