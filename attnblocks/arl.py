@@ -48,42 +48,38 @@ ResidualFn = Callable[[nn.Module, Tensor], Tensor]
 # --- the residual branch F of each supported block family -------------------------------------------
 
 
-def _timm_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.act1(b.bn1(b.conv1(x)))
-    x = b.aa(b.act2(b.drop_block(b.bn2(b.conv2(x)))))
-    x = b.bn3(b.conv3(x))
-    return x if b.se is None else b.se(x)
+# Each family's branch is written once, up to the input of its last norm (``*_conv``, or the
+# ``pre_norm`` function itself where it never declines); the residual function applies that norm
+# (and SE), the ``pre_norm`` function hands the norm's input to the fused merge.
 
 
-def _timm_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor | None:
-    if b.se is not None:  # SE sits between the last norm and the merge: nothing to fuse
-        return None
+def _timm_bottleneck_conv(b: Any, x: Tensor) -> Tensor:
     x = b.act1(b.bn1(b.conv1(x)))
     x = b.aa(b.act2(b.drop_block(b.bn2(b.conv2(x)))))
     return b.conv3(x)
 
 
-def _timm_basic_pre_norm(b: Any, x: Tensor) -> Tensor | None:
-    if b.se is not None:
-        return None
+def _timm_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
+    x = b.bn3(_timm_bottleneck_conv(b, x))
+    return x if b.se is None else b.se(x)
+
+
+def _timm_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor | None:
+    # SE sits between the last norm and the merge: nothing to fuse
+    return None if b.se is not None else _timm_bottleneck_conv(b, x)
+
+
+def _timm_basic_conv(b: Any, x: Tensor) -> Tensor:
     return b.conv2(b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x))))))
 
 
 def _timm_basic_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x)))))
-    x = b.bn2(b.conv2(x))
+    x = b.bn2(_timm_basic_conv(b, x))
     return x if b.se is None else b.se(x)
 
 
-def _tv_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.relu(b.bn1(b.conv1(x)))
-    x = b.relu(b.bn2(b.conv2(x)))
-    return b.bn3(b.conv3(x))
-
-
-def _tv_basic_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.relu(b.bn1(b.conv1(x)))
-    return b.bn2(b.conv2(x))
+def _timm_basic_pre_norm(b: Any, x: Tensor) -> Tensor | None:
+    return None if b.se is not None else _timm_basic_conv(b, x)
 
 
 def _tv_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor:
@@ -92,8 +88,16 @@ def _tv_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor:
     return b.conv3(x)
 
 
+def _tv_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
+    return b.bn3(_tv_bottleneck_pre_norm(b, x))
+
+
 def _tv_basic_pre_norm(b: Any, x: Tensor) -> Tensor:
     return b.conv2(b.relu(b.bn1(b.conv1(x))))
+
+
+def _tv_basic_branch(b: Any, x: Tensor) -> Tensor:
+    return b.bn2(_tv_basic_pre_norm(b, x))
 
 
 @dataclass(frozen=True)
