@@ -164,9 +164,9 @@ def _up(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _affine(x: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
-    """``x`` in float32, through a per-channel affine map (a recomputed norm) when one is given."""
-    return _up(x) if scale is None else torch.addcmul(shift, _up(x), scale)
+def _affine(x: Tensor, affine: tuple[Tensor, Tensor] | None) -> Tensor:
+    """``x`` in float32, through a per-channel ``(scale, shift)`` map (a recomputed norm) if given."""
+    return _up(x) if affine is None else torch.addcmul(affine[1], _up(x), affine[0])
 
 
 def _merge_fwd_kernel(
@@ -185,8 +185,8 @@ def _merge_fwd_kernel(
     ``F = f * f_scale + f_shift`` and ``s = s * s_scale + s_shift`` when the affine pairs are given
     (an eval-mode BatchNorm applied on the fly). The functional form that ``torch.compile`` fuses.
     """
-    f32 = _affine(f, *(f_affine or (None, None)))
-    s32 = _affine(s, *(s_affine or (None, None)))
+    f32 = _affine(f, f_affine)
+    s32 = _affine(s, s_affine)
     z = f32 + spec.forward(f32) * _up(alpha) * s32
     if scale is not None:
         z = z * _up(scale)
@@ -209,8 +209,8 @@ def _merge_fwd_eager(
 
     ``owned``: ``f`` is a temporary of the op (a BatchNorm output) that may be overwritten.
     """
-    f32 = _affine(f, *(f_affine or (None, None)))
-    s32 = _affine(s, *(s_affine or (None, None)))
+    f32 = _affine(f, f_affine)
+    s32 = _affine(s, s_affine)
     a = spec.forward(f32)
     in_place = spec.vjp_ is not None and (owned or f32 is not f)  # the mask does not alias F
     if in_place and a.device.type == "cpu":  # the scalar is free to read on CPU
@@ -243,8 +243,8 @@ def _merge_bwd_kernel(
     g = _up(dy)
     if y is not None:  # ReLU: y > 0 exactly where z > 0
         g = torch.ops.aten.threshold_backward(g, y, 0)
-    f = _affine(t, *(f_affine or (None, None)))
-    s32 = _affine(u, *(s_affine or (None, None)))
+    f = _affine(t, f_affine)
+    s32 = _affine(u, s_affine)
     a = spec.forward(f)
     if spec.vjp_ is None:  # a custom normalization may return a view of its input
         a = a.clone()
@@ -281,8 +281,8 @@ def _merge_bwd_eager(
     g = _up(dy)
     if y is not None:
         g = torch.ops.aten.threshold_backward(g, y, 0)
-    f = _affine(t, *(f_affine or (None, None)))
-    s32 = _affine(u, *(s_affine or (None, None)))
+    f = _affine(t, f_affine)
+    s32 = _affine(u, s_affine)
     a = spec.forward(f)
     del f
     gb = g if scale is None else g * _up(scale)
@@ -359,14 +359,10 @@ def set_merge_backend(name: str) -> str:
     return previous
 
 
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 def lean_merge_active(tap: nn.Module | None = None) -> bool:
     """True when the lean merge will run: backend not ``reference``, not inside ``torch.compile``
     and, if given, no hook on the attention ``tap`` (a recorded mask must be materialised)."""
-    if _backend == "reference" or _is_compiling():
+    if _backend == "reference" or torch.compiler.is_compiling():
         return False
     if tap is not None and (tap._forward_hooks or tap._forward_pre_hooks):
         return False
