@@ -154,9 +154,10 @@ def test_memory_quick(tmp_path, capsys):
     assert json.loads(out.read_text())["benchmark"] == "memory"
     rows = {r["name"]: r["metrics"] for r in payload["results"]}
     for norm in ab.list_normalizations():
-        assert rows[f"resnet50/{norm}/eager"]["saved_ratio"] <= 1.05
-        assert rows[f"resnet50/{norm}/reference"]["saved_ratio"] > 1.4
-        assert rows[f"resnet14/{norm}/eager"]["saved_ratio"] <= 1.05
+        for pair in ("resnet50", "resnet14"):
+            # the lean merge saves exactly what the plain network saves; the reference far more
+            assert rows[f"{pair}/{norm}/eager"]["saved_ratio"] == 1.0
+            assert rows[f"{pair}/{norm}/reference"]["saved_ratio"] > 1.4
     assert 1.0 < rows["vgg16"]["saved_ratio"] < 1.1
     assert "saved_ratio" in capsys.readouterr().out
 
