@@ -51,7 +51,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.distributed import ShardSampler, init_distributed
+from examples.isic.distributed import ShardSampler
 from examples.isic.engine import Trainer, predict
 
 SCRIPT = "isic2017_arl"
@@ -223,11 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
     if args.lr is None:
         args.lr = ARCH_LR[args.arch]
-    device = cli.resolve_device(args.device)
-    cli.check_amp(args.amp, device)
-    info = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    device, info = cli.setup_device(args.device, args.amp)
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
     cli.check_layout(root, cli.ISIC2017_LAYOUT, "ISIC 2017")
     args.out = args.out or cli.default_out_dir(SCRIPT)
@@ -273,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def loss_fn(batch: dict, output: torch.Tensor, _model: nn.Module) -> torch.Tensor:
         return F.cross_entropy(output.float(), batch["label"])
 
-    run_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    run_config = cli.run_settings(args)
     trainer = Trainer(
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
         metric_fn=report.isic2017_metric_fn(ds_task), monitor="mean_auc", amp=args.amp,

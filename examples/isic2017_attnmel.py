@@ -55,7 +55,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.distributed import ShardSampler, init_distributed
+from examples.isic.distributed import ShardSampler
 from examples.isic.engine import Trainer, predict
 
 SCRIPT = "isic2017_attnmel"
@@ -273,11 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             "--roi lesion needs --normalization sigmoid (a softmax map scores Dice ~0)"
         )
-    device = cli.resolve_device(args.device)
-    cli.check_amp(args.amp, device)
-    info = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    device, info = cli.setup_device(args.device, args.amp)
     _, _, task, mel_index, layout = DATASETS[args.dataset]
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
     cli.check_layout(root, layout, args.dataset.upper())
@@ -327,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         reg = dice([m.float() for m in maps], batch["mask"], valid=batch["has_mask"])
         return loss + reg, {"focal": loss.detach(), "dice": reg.detach()}
 
-    run_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    run_config = cli.run_settings(args)
     trainer = Trainer(
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
         metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,

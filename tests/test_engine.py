@@ -222,6 +222,9 @@ def test_cli_flags_profile_and_config(tmp_path: Path) -> None:
         or len(config["environment"]["git_commit"]) >= 40
     )
     assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert cli.setup_device("cpu", "bf16") == (torch.device("cpu"), DistInfo())
+    assert cli.run_settings(argparse.Namespace(out=tmp_path, n=1)) == {"out": str(tmp_path), "n": 1}
+    assert config["settings"] == cli.run_settings(args)
     assert cli.default_out_dir("isic2017_arl").parts[0] == "runs"
 
 
@@ -232,6 +235,8 @@ def test_cli_bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert cli.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         cli.check_amp("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        cli.setup_device("auto", "fp16")
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ValueError, match="not a writable folder"):

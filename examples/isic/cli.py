@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .distributed import DistInfo, init_distributed
 from .engine import AMP_DTYPES
 
 __all__ = [
@@ -42,7 +43,9 @@ __all__ = [
     "resolve_device",
     "resolve_profile",
     "run_cli",
+    "run_settings",
     "save_config",
+    "setup_device",
     "write_json",
 ]
 
@@ -131,6 +134,20 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise ValueError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
 
 
+def setup_device(name: str, amp: str) -> tuple[torch.device, DistInfo]:
+    """:func:`resolve_device` and :func:`check_amp`, then join ``torchrun``'s process group, if any.
+
+    Returns the device and this process's :class:`~examples.isic.distributed.DistInfo`; on CUDA
+    the device is ``cuda:LOCAL_RANK``.
+    """
+    device = resolve_device(name)
+    check_amp(amp, device)
+    info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return device, info
+
+
 def default_out_dir(script: str) -> Path:
     """``runs/<script>-<YYYYmmdd-HHMMSS>`` under the current folder."""
     return Path("runs") / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -217,10 +234,15 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every attribute of ``args``, paths as strings: ``config.json``'s settings and the run config
+    stored in each checkpoint (which ``--resume`` compares)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def save_config(out: Path, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """Write ``OUT/config.json``: every resolved setting, ``extra`` and :func:`environment_info`."""
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config = {"settings": settings, **extra, "environment": environment_info()}
+    config = {"settings": run_settings(args), **extra, "environment": environment_info()}
     write_json(Path(out) / "config.json", config)
     return config
 
