@@ -48,16 +48,16 @@ import attnblocks as ab
 from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
 from examples.isic.cli import (
     add_common_args,
-    check_amp,
     default_out_dir,
     prepare_out_dir,
-    resolve_device,
     resolve_profile,
     run_cli,
+    run_settings,
     save_config,
+    setup_device,
     write_json,
 )
-from examples.isic.distributed import ShardSampler, init_distributed
+from examples.isic.distributed import ShardSampler
 from examples.isic.engine import Trainer, atomic_save, predict
 from examples.isic.metrics import multiclass_metrics, write_predictions_csv
 from examples.isic.report import flatten_metrics, format_multiclass_table
@@ -278,11 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"--stage1-epochs {args.stage1_epochs} must lie in [0, --epochs {args.epochs}]"
         )
     rare = rare_indices(args.rare_classes)
-    device = resolve_device(args.device)
-    check_amp(args.amp, device)
-    dist = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
+    device, dist = setup_device(args.device, args.amp)
     out = prepare_out_dir(args.out or default_out_dir("isic2018_care"), args.resume, args.data_root)
     torch.manual_seed(args.seed)
     sets = load_data(args, out)
@@ -313,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def loss_fn(batch: dict, output: ab.CAREOutput, m: nn.Module) -> tuple[torch.Tensor, dict]:
         parts = {"ce": output.cls_loss.detach(), "care": output.care_loss.detach()}
-        return output.loss, parts | {"boxed": float(output.selected.sum())}
+        return output.loss, parts | {"boxed": output.selected.sum()}
 
     def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         m = flatten_metrics(multiclass_metrics(targets, probs, CLASSES))
@@ -336,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"rare recall " + " ".join(f"{CLASSES[c]} {row[f'val_per_class_{CLASSES[c]}_recall']:.3f}" for c in rare))  # fmt: skip
         set_epoch(epoch + 1)
 
-    run_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    run_config = run_settings(args)
     trainer = Trainer(
         model, loss_fn, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay),
         out, device, metric_fn=metric_fn, monitor="select", forward=forward, amp=args.amp,
@@ -408,8 +404,9 @@ def rare_attention(
         image = item["image"][None].to(device)
         cam, _ = ab.grad_cam(model, image, layer, item["label"][None].to(device))
         inner, outer = ab.box_to_inner_outer(item["box"][None], image.shape[-2:], clip=True)
-        inside.append(float((cam.cpu() * inner).sum()))
-        outside.append(float((cam.cpu() * outer).sum()))
+        cam = cam.cpu()
+        inside.append(float((cam * inner).sum()))
+        outside.append(float((cam * outer).sum()))
     model.train(was_training)
     n = len(inside)
     return {
