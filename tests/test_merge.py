@@ -360,10 +360,15 @@ def test_network_saves_no_more_than_plain(backend):
     assert saved_tensor_bytes(arl, x) > 1.4 * plain
 
 
-@pytest.mark.parametrize("norm", ["spatial", "sigmoid"])
-def test_compiled_backend_matches_eager(norm, backend):
+@pytest.mark.parametrize(
+    ("norm", "train"),
+    [("spatial", True), ("sigmoid", True), ("spatial", False)],
+    ids=["spatial-train", "sigmoid-train", "spatial-eval"],
+)
+def test_compiled_backend_matches_eager(norm, train, backend):
+    """Train: batch statistics; eval: the compiled kernels apply the running statistics themselves."""
     torch.manual_seed(0)
-    t, u, bn, sbn, alpha = _bn_case(True, projected=True, dtype=torch.float32)
+    t, u, bn, sbn, alpha = _bn_case(train, projected=True, dtype=torch.float32)
     bn_ref, sbn_ref = copy.deepcopy(bn), copy.deepcopy(sbn)
     backend("compiled")
     out = _run_bn(t, u, bn, sbn, alpha, norm, lean=True)
