@@ -51,7 +51,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.distributed import ShardSampler
+from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer, predict
 
 SCRIPT = "isic2017_arl"
@@ -254,10 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_loader = DataLoader(
         train, sampler=sampler, drop_last=len(sampler) > args.batch_size, **dl
     )
-    val_loader = DataLoader(val, sampler=ShardSampler(len(val), info.rank, info.world_size), **dl)
-    test_loader = DataLoader(
-        test, sampler=ShardSampler(len(test), info.rank, info.world_size), **dl
-    )
+    val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
     model = build_model(args, num_classes=3 if args.task == "both" else 2)

@@ -57,7 +57,7 @@ from examples.isic.cli import (
     setup_device,
     write_json,
 )
-from examples.isic.distributed import ShardSampler
+from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer, atomic_save, predict
 from examples.isic.metrics import multiclass_metrics, write_predictions_csv
 from examples.isic.report import flatten_metrics, format_multiclass_table
@@ -295,12 +295,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_loader = DataLoader(
         sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=True, **loader_kw
     )
-    eval_loader = {
-        s: DataLoader(
-            sets[s], sampler=ShardSampler(len(sets[s]), dist.rank, dist.world_size), **loader_kw
-        )
-        for s in ("val", "test")
-    }
+    eval_loader = {s: shard_loader(sets[s], dist, **loader_kw) for s in ("val", "test")}
 
     def forward(m: nn.Module, batch: dict) -> Any:
         if m.training and torch.is_grad_enabled():

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from examples.isic import cli
-from examples.isic.distributed import DistInfo, ShardSampler, unshard
+from examples.isic.distributed import DistInfo, ShardSampler, shard_loader, unshard
 from examples.isic.engine import (
     NonFiniteLossError,
     Trainer,
@@ -199,6 +199,8 @@ def test_helpers(tmp_path: Path) -> None:
     shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert shards == [[0, 3, 6], [1, 4], [2, 5]] and len(ShardSampler(7, 1, 3)) == 2
     assert unshard(shards) == list(range(7))
+    loader = shard_loader(list(range(7)), DistInfo(rank=1, world_size=3), batch_size=2)
+    assert [b.tolist() for b in loader] == [[1, 4]]
     with pytest.raises(ValueError, match="rank"):
         ShardSampler(5, 3, 2)
     assert not DistInfo().enabled and DistInfo().is_main

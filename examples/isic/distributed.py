@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = [
     "DistInfo",
@@ -22,6 +22,7 @@ __all__ = [
     "broadcast_buffers",
     "init_distributed",
     "reduce_sum",
+    "shard_loader",
     "unshard",
 ]
 
@@ -85,6 +86,12 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.length, self.world_size))
+
+
+def shard_loader(dataset: Dataset, info: DistInfo, **loader_kw: Any) -> DataLoader:
+    """An evaluation loader over this rank's :class:`ShardSampler` share of ``dataset``."""
+    sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    return DataLoader(dataset, sampler=sampler, **loader_kw)
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
