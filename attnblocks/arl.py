@@ -261,11 +261,19 @@ class ARLBlock(_Rebuildable, nn.Module):
         return merge.arl_merge(f, shortcut, self.alpha, norm, act, drop_path, tap=self.attn_map)
 
     def _shortcut_pre_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
-        """The shortcut up to the input of its projection's final norm, and that norm (or None)."""
+        """The shortcut up to the input of its projection's final norm, and that norm (or None).
+
+        A projection with hooks of its own runs whole (its hooks see its output) and fuses nothing.
+        """
         ds = self.downsample
         if ds is None:
             return x, None
-        if isinstance(ds, nn.Sequential) and len(ds) > 0 and merge.fusable_norm(ds[-1]):
+        if (
+            isinstance(ds, nn.Sequential)
+            and len(ds) > 0
+            and merge.fusable_norm(ds[-1])
+            and not merge._has_hooks(ds)
+        ):
             layers = list(ds)
             for layer in layers[:-1]:
                 x = layer(x)

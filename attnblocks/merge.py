@@ -364,9 +364,17 @@ def lean_merge_active(tap: nn.Module | None = None) -> bool:
     and, if given, no hook on the attention ``tap`` (a recorded mask must be materialised)."""
     if _backend == "reference" or torch.compiler.is_compiling():
         return False
-    if tap is not None and (tap._forward_hooks or tap._forward_pre_hooks):
-        return False
-    return True
+    return tap is None or not _has_hooks(tap)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """True if ``module`` has forward or backward hooks, which a fused (never called) module skips."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
 
 
 # --- the custom autograd op -----------------------------------------------------------------------
@@ -614,8 +622,9 @@ def arl_merge(
 
 
 def fusable_norm(norm: nn.Module | None) -> bool:
-    """True if ``norm`` is a layer :func:`arl_merge_bn` can fuse (exactly ``nn.BatchNorm2d``)."""
-    return type(norm) is nn.BatchNorm2d
+    """True if ``norm`` is a layer :func:`arl_merge_bn` can fuse: exactly ``nn.BatchNorm2d``, with no
+    hooks (a fused norm is never called, so its hooks would not run)."""
+    return type(norm) is nn.BatchNorm2d and not _has_hooks(norm)
 
 
 def arl_merge_bn(

@@ -84,6 +84,9 @@ def test_fusable_norm():
     assert not fusable_norm(nn.GroupNorm(2, 4))
     assert not fusable_norm(nn.SyncBatchNorm(4))
     assert not fusable_norm(None)
+    hooked = nn.BatchNorm2d(4)
+    hooked.register_forward_hook(lambda *_: None)
+    assert not fusable_norm(hooked)  # a fused norm is never called: its hooks would not run
 
 
 # --- arl_merge (F given) -----------------------------------------------------------------------------
@@ -346,6 +349,25 @@ def test_network_record_attention_still_sees_masks():
     torch.testing.assert_close(arl(x), out)
     assert len(maps) == 8
     torch.testing.assert_close(maps["layer1.0"].sum((2, 3)), torch.ones(1, 256))
+
+
+@pytest.mark.parametrize("hooked", ["bn3", "downsample", "downsample.1"])
+def test_block_hooks_on_fused_modules_still_run(hooked, backend):
+    """A hook on the last norm or the shortcut projection sees the same output as without fusion."""
+    torch.manual_seed(0)
+    block = ab.convert_block(
+        timm.create_model("resnet26", num_classes=2).layer2[0], alpha_init=0.5
+    ).train()
+    x = torch.randn(2, 256, 12, 10)
+    seen = []
+    block.get_submodule(hooked).register_forward_hook(lambda _m, _i, o: seen.append(o))
+    out = block(x)
+    assert out.grad_fn.name().endswith("_ARLMergeBackward")  # still the lean op
+    backend("reference")
+    ref = block(x)
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], seen[1])
+    torch.testing.assert_close(out, ref)
 
 
 def test_network_saves_no_more_than_plain(backend):
