@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -87,6 +88,28 @@ def test_saved_tensor_bytes_of_a_linear_layer_excludes_parameters():
     x = torch.randn(3, 16, requires_grad=True)  # then addmm saves both x and the weight
     assert saved_tensor_bytes(lin, x) == 3 * 16 * 4  # the input; the weight is excluded
     assert saved_tensor_bytes(lin, x, exclude_params=False) == 3 * 16 * 4 + 16 * 4 * 4
+
+
+def test_autocast():
+    x = torch.randn(2, 2)
+    for amp in ("none", "fp32"):
+        with harness.autocast(torch.device("cpu"), amp):
+            assert (x @ x).dtype == torch.float32
+    with harness.autocast(torch.device("cpu"), "bf16"):
+        assert (x @ x).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown autocast dtype 'fp8'"):
+        harness.autocast(torch.device("cpu"), "fp8")
+
+
+def test_finish_run_config(tmp_path, capsys):
+    args = argparse.Namespace(out=tmp_path / "x.json", quick=True)
+    rows = [{"name": "a", "params": {}, "metrics": {"t_s": 1.0}}]
+    payload = harness.finish_run(
+        "unit", rows, [{"case": "a", "t": 1.0}], args, torch.device("cpu"), extra=3
+    )
+    assert payload["config"] == {"out": str(tmp_path / "x.json"), "quick": True, "extra": 3}
+    assert payload["results"] == rows and payload["metadata"]["device"] == "cpu"
+    assert capsys.readouterr().out.split() == ["case", "t", "----", "-", "a", "1"]
 
 
 def test_resolve_device():
