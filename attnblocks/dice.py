@@ -1,0 +1,203 @@
+"""The Dice attention regularizer of AttnMel (IPMI 2019) and the soft Dice it is built on.
+
+For attention maps ``A_i`` in [0, 1] and reference masks average-pooled to each map's size ``M_i``:
+
+.. code-block:: text
+
+    L = sum_i lambda_i * (1 - Dice(A_i, M_i)),     Dice(A, M) = 2 * sum(A * M) / sum(A + M)
+
+with the sums over the whole batch tensor (the paper's form) or per image and averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DiceAttentionRegularizer", "soft_dice"]
+
+_DICE_REDUCTIONS = ("batch", "image")
+
+
+def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
+    """(N, 1, H, W) float32 mask in [0, 1] from bool, {0, 1}/{0, 255} uint8 or [0, 1] float."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"DiceAttentionRegularizer: masks must be a Tensor, got {type(mask).__name__}"
+        )
+    shape = tuple(mask.shape)
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != batch:
+        raise ValueError(
+            f"DiceAttentionRegularizer: masks must be (N, 1, H, W) or (N, H, W) with N = {batch} "
+            f"(the maps' batch), got shape {shape}"
+        )
+    if mask.dtype == torch.bool:
+        return mask.float()
+    check = not torch.compiler.is_compiling()
+    if mask.dtype == torch.uint8:
+        # {0, 1} or {0, 255}: the encoding is told by the maximum, without a data-dependent branch
+        if check and bool(
+            ((mask > 1) & (mask != 255)).any() or (mask.gt(1).any() & (mask == 1).any())
+        ):
+            raise ValueError(
+                "DiceAttentionRegularizer: uint8 masks must hold {0, 1} or {0, 255}, got values "
+                f"{mask.unique()[:10].tolist()}"
+            )
+        scale = torch.where(mask.amax() > 1, 255.0, 1.0)
+        return mask.float() / scale
+    if mask.is_floating_point():
+        mask = mask.float()
+        if check and bool(((mask < 0) | (mask > 1) | mask.isnan()).any()):
+            raise ValueError(
+                "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} masks "
+                f"by 255), got min {mask.min().item():g}, max {mask.max().item():g}"
+            )
+        return mask
+    raise TypeError(
+        f"DiceAttentionRegularizer: masks must be bool, uint8 or float, got dtype {mask.dtype}"
+    )
+
+
+def soft_dice(
+    attn: Tensor,
+    mask: Tensor,
+    valid: Tensor | None = None,
+    reduction: str = "batch",
+    eps: float = 1e-6,
+) -> Tensor:
+    """Soft Dice ``2 * sum(A * M) / sum(A + M)`` of maps and masks of the same shape.
+
+    Args:
+        attn: ``(N, 1, h, w)`` maps in [0, 1] (sigmoid-normalised).
+        mask: ``(N, 1, h, w)`` float masks in [0, 1] (already at the maps' size).
+        valid: ``(N,)`` bool or float weights; samples with 0 contribute nothing. ``None``: all.
+        reduction: ``"batch"`` (default; one Dice over the whole batch tensor, as AttnMel) or
+            ``"image"`` (Dice per image, averaged over the valid images).
+        eps: added to the denominator.
+
+    Returns:
+        float32 scalar Dice in [0, 1]; 0 when no sample is valid.
+    """
+    if reduction not in _DICE_REDUCTIONS:
+        raise ValueError(
+            f"soft_dice: reduction must be one of {_DICE_REDUCTIONS}, got {reduction!r}"
+        )
+    a = attn.float()
+    m = mask.float()
+    if valid is None:
+        w = torch.ones(a.shape[0], device=a.device)
+    else:
+        w = valid.to(device=a.device, dtype=torch.float32).flatten()
+    w4 = w.view(-1, 1, 1, 1)
+    inter = (a * m * w4).sum(dim=(1, 2, 3))
+    total = ((a + m) * w4).sum(dim=(1, 2, 3))
+    if reduction == "batch":
+        return 2 * inter.sum() / (total.sum() + eps)
+    per_image = 2 * inter / (total + eps)
+    return (per_image * w).sum() / w.sum().clamp_min(eps)
+
+
+class DiceAttentionRegularizer(nn.Module):
+    """AttnMel's attention regularizer: ``sum_i weights[i] * (1 - Dice(A_i, pool(M, A_i.size)))``.
+
+    Each reference mask is average-pooled (``adaptive_avg_pool2d``) to each map's size, so one
+    full-resolution mask serves every gate. Dice needs sigmoid-normalised maps: a spatial-softmax
+    map sums to 1 over the image and scores close to 0 however well it is placed.
+
+    Args:
+        weights: one ``lambda`` per attention map. Default ``(1e-3, 1e-2)``: AttnMel's pool-3 and
+            pool-4 gates.
+        reduction: ``"batch"`` (default; Dice over the whole batch tensor, the paper's form) or
+            ``"image"`` (Dice per image, averaged over the valid images).
+        eps: added to the Dice denominator.
+
+    Forward:
+        maps: sequence of ``(N, 1, h_i, w_i)`` maps in [0, 1] (one per weight), e.g. the list from
+            ``AttentionGatedNet.forward_with_attention``.
+        masks: ``(N, 1, H, W)`` or ``(N, H, W)``; bool, uint8 in {0, 1} or {0, 255}, or float in
+            [0, 1].
+        valid: ``(N,)`` bool/float: which samples have a mask. Samples with ``False`` contribute
+            nothing (they are not counted as empty masks); with no valid sample the loss is 0,
+            still connected to the maps' graph.
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> reg = DiceAttentionRegularizer(weights=(1e-3, 1e-2))
+        >>> maps = [torch.rand(2, 1, 28, 28), torch.rand(2, 1, 14, 14)]
+        >>> masks = torch.zeros(2, 224, 224, dtype=torch.bool)
+        >>> reg(maps, masks, valid=torch.tensor([True, False])).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float] = (1e-3, 1e-2),
+        reduction: str = "batch",
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        weights = tuple(float(w) for w in weights)
+        if not weights or any(w < 0 for w in weights):
+            raise ValueError(
+                f"DiceAttentionRegularizer: weights must be one or more numbers >= 0, got {weights}"
+            )
+        if reduction not in _DICE_REDUCTIONS:
+            raise ValueError(
+                f"DiceAttentionRegularizer: reduction must be one of {_DICE_REDUCTIONS}, "
+                f"got {reduction!r}"
+            )
+        self.weights = weights
+        self.reduction = reduction
+        self.eps = eps
+
+    def forward(
+        self, maps: Sequence[Tensor] | Tensor, masks: Tensor, valid: Tensor | None = None
+    ) -> Tensor:
+        if isinstance(maps, Tensor):
+            maps = [maps]
+        maps = list(maps)
+        if len(maps) != len(self.weights):
+            raise ValueError(
+                f"DiceAttentionRegularizer: got {len(maps)} attention maps for "
+                f"{len(self.weights)} weights {self.weights}"
+            )
+        for i, a in enumerate(maps):
+            if not isinstance(a, Tensor) or a.dim() != 4 or a.shape[1] != 1:
+                shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+                raise ValueError(
+                    f"DiceAttentionRegularizer: map {i} must be (N, 1, h, w), got {shape}"
+                )
+            if a.shape[0] != maps[0].shape[0]:
+                raise ValueError(
+                    f"DiceAttentionRegularizer: map {i} has batch {a.shape[0]}, map 0 has "
+                    f"{maps[0].shape[0]}"
+                )
+        batch = maps[0].shape[0]
+        m = _mask_to_float(masks, batch).to(maps[0].device)
+        if valid is not None:
+            valid = torch.as_tensor(valid, device=m.device).flatten()
+            if valid.numel() != batch:
+                raise ValueError(
+                    f"DiceAttentionRegularizer: valid must hold one flag per sample ({batch}), "
+                    f"got shape {tuple(valid.shape)}"
+                )
+            any_valid = valid.float().sum() > 0
+        else:
+            any_valid = torch.ones((), dtype=torch.bool, device=m.device)
+        loss = torch.zeros((), device=m.device)
+        for weight, a in zip(self.weights, maps, strict=True):
+            pooled = F.adaptive_avg_pool2d(m, a.shape[-2:])
+            dice = soft_dice(a, pooled, valid, self.reduction, self.eps)
+            # no valid sample: 0 with a (zero) gradient path instead of a spurious 1 - 0
+            loss = loss + weight * torch.where(any_valid, 1 - dice, dice * 0)
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}, reduction={self.reduction!r}"
