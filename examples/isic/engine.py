@@ -16,7 +16,8 @@ Determinism: every epoch starts by seeding python, numpy and torch from ``(seed,
 augmentations and (on CPU) ends with the same weights as an uninterrupted run.
 
 The device, precision and prediction helpers (:func:`autocast`, :func:`move_to`, :func:`predict`, ...)
-live in :mod:`examples.isic.runtime` and are re-exported here.
+live in :mod:`examples.isic.runtime` and are re-exported here; saving and resuming checkpoints lives
+in :mod:`examples.isic.checkpointing`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpointing import CheckpointMixin, unwrap_model
 from .distributed import DistInfo, broadcast_buffers, reduce_sum
 from .runtime import (
     AMP_DTYPES,
@@ -69,14 +70,11 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite; the last good checkpoint is left intact."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)
-
-
-class Trainer:
+class Trainer(CheckpointMixin):
     """Epoch loop with validation, logging, checkpoints, early stopping and resumption.
+
+    Saving and resuming (``state_dict``, ``check_config``, ``load_checkpoint``, ``load_best`` and
+    ``resume_ignore``) come from :class:`~examples.isic.checkpointing.CheckpointMixin`.
 
     Args:
         model: the network (on any device; moved to ``device``).
@@ -103,10 +101,6 @@ class Trainer:
         dist_info: rank/world of this process (see :func:`~examples.isic.distributed.init_distributed`).
         progress: show tqdm bars (rank 0 only).
     """
-
-    resume_ignore: frozenset[str] = frozenset(
-        {"epochs", "resume", "out", "workers", "device", "progress", "data_root", "patience"}
-    )
 
     def __init__(
         self,
@@ -168,68 +162,6 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self._tb = None
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        return {
-            "model": _unwrap(self.module).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-            "run_config": self.run_config,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
-        }
-
-    def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
-        """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
-        keys = (set(saved) | set(self.run_config)) - self.resume_ignore
-        diff = sorted(k for k in keys if saved.get(k) != self.run_config.get(k))
-        if diff:
-            lines = ", ".join(
-                f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff
-            )
-            raise ValueError(f"--resume: {path} comes from another configuration ({lines})")
-
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore everything :meth:`state_dict` saved; training continues at the next epoch."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.check_config(state.get("run_config", {}), path)
-        _unwrap(self.module).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = state["epoch"] + 1
-        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
-        self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-
-    def load_best(self) -> int:
-        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch."""
-        path = self.ckpt_dir / "best.pt"
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            _unwrap(self.module).load_state_dict(state["model"])
-            return int(state["epoch"])
-        return self.start_epoch - 1
 
     # ------------------------------------------------------------------ loops
     def _loss(self, batch: dict, output: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -344,7 +276,7 @@ class Trainer:
                 _, metrics = self.evaluate(val_loader)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
             if self.epoch_log is not None:
-                row.update(self.epoch_log(_unwrap(self.module)))
+                row.update(self.epoch_log(unwrap_model(self.module)))
             if self.scheduler is not None:
                 self.scheduler.step()
             row["epoch_s"] = time.perf_counter() - t0

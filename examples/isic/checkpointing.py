@@ -1,0 +1,122 @@
+"""Checkpoints of the ISIC training engine: what they hold, how a run resumes from one.
+
+A checkpoint (``last.pt`` every epoch, ``best.pt`` on improvement, both written with
+:func:`~examples.isic.runtime.atomic_save`) holds the model, optimizer, scheduler and GradScaler
+states, the epoch, the early-stopping state, the history, the run's settings and the python, numpy,
+torch and CUDA RNG states, so that a resumed run replays exactly what an uninterrupted one would.
+
+:class:`CheckpointMixin` gives :class:`~examples.isic.engine.Trainer` its ``state_dict``,
+``check_config``, ``load_checkpoint`` and ``load_best`` methods.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CheckpointMixin", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` and DDP wrappers (in either order)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)
+
+
+class CheckpointMixin:
+    """Saving and restoring a trainer's full state.
+
+    The class using it sets ``module`` (the unwrapped model), ``optimizer``, ``scheduler`` (or
+    None), ``scaler``, ``start_epoch``, ``best_metric``, ``best_epoch``, ``bad_epochs``,
+    ``history``, ``run_config`` and ``ckpt_dir``.
+
+    Attributes:
+        resume_ignore: ``run_config`` keys that may differ between a checkpoint and the run that
+            resumes from it (where the run writes, how long it trains, how it loads data).
+    """
+
+    resume_ignore: frozenset[str] = frozenset(
+        {"epochs", "resume", "out", "workers", "device", "progress", "data_root", "patience"}
+    )
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    start_epoch: int
+    best_metric: float
+    best_epoch: int
+    bad_epochs: int
+    history: list[dict[str, Any]]
+    run_config: dict[str, Any]
+    ckpt_dir: Path
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        """Everything a checkpoint written at the end of ``epoch`` holds."""
+        return {
+            "model": unwrap_model(self.module).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "run_config": self.run_config,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+
+    def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
+        """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
+        keys = (set(saved) | set(self.run_config)) - self.resume_ignore
+        diff = sorted(k for k in keys if saved.get(k) != self.run_config.get(k))
+        if diff:
+            lines = ", ".join(
+                f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff
+            )
+            raise ValueError(f"--resume: {path} comes from another configuration ({lines})")
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore everything :meth:`state_dict` saved; training continues at the next epoch."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.check_config(state.get("run_config", {}), path)
+        unwrap_model(self.module).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def load_best(self) -> int:
+        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch."""
+        path = self.ckpt_dir / "best.pt"
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            unwrap_model(self.module).load_state_dict(state["model"])
+            return int(state["epoch"])
+        return self.start_epoch - 1
