@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_subset
+from conftest import assert_multiclass_metrics_agree, read_scores_and_truth, shared_subset
 from torchvision.transforms import v2
 
 import attnblocks as ab
@@ -41,10 +41,18 @@ def test_end_to_end_on_real_mini(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert att["n"] > 0 and 0 <= att["inside"] <= 1 and 0 <= att["outside"] <= 1
     assert "rare-class Grad-CAM (test" in printed
     cm = torch.tensor(saved["confusion_matrix"])
-    assert cm.shape == (7, 7) and cm.sum() == len(
-        ISIC2018Dataset(root, "test", split_file=out / "split.json")
-    )
+    test = ISIC2018Dataset(root, "test", split_file=out / "split.json")
+    assert cm.shape == (7, 7) and cm.sum() == len(test)
     assert 0 <= metrics["balanced_accuracy"] <= 1
+    # metrics.json is the test split's, recomputed here from predictions.csv and the official truth
+    ids, columns, scores, truth = read_scores_and_truth(
+        out / "predictions.csv",
+        root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv",
+    )
+    assert ids == test.ids
+    assert columns == list(script.CLASSES)
+    assert saved["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
+    assert_multiclass_metrics_agree(saved, columns, scores, truth)
     log = (out / "log.csv").read_text().splitlines()
     header, stage1, stage2 = (line.split(",") for line in log)
     row1, row2 = dict(zip(header, stage1, strict=True)), dict(zip(header, stage2, strict=True))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subset
+from conftest import assert_task_metrics_agree, read_scores_and_truth, shared_subset
 
 from examples import isic2017_arl as arl
 from examples.isic import ISIC2017Dataset, isic2017_metrics, make_synthetic_isic2017
@@ -159,12 +159,18 @@ def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
 
 def test_real_isic2017_sample(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
-    metrics = arl.main(
-        ["--data-root", str(root), "--out", str(tmp_path / "real"), "--epochs", "1", *TINY]
-    )
-    preds = _read_csv(tmp_path / "real" / "predictions.csv")
-    assert len(preds) == len(ISIC2017Dataset(root, "test", task="both"))
+    out = tmp_path / "real"
+    metrics = arl.main(["--data-root", str(root), "--out", str(out), "--epochs", "1", *TINY])
     assert 0 <= metrics["mean_auc"] <= 1
+    # metrics.json is the test split's, recomputed here from predictions.csv and the official truth
+    ids, columns, scores, truth = read_scores_and_truth(
+        out / "predictions.csv", root / "ISIC-2017_Test_v2_Part3_GroundTruth.csv"
+    )
+    assert ids == ISIC2017Dataset(root, "test", task="both").ids
+    assert columns == ["melanoma", "seborrheic_keratosis"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["mean_auc"] == pytest.approx(metrics["mean_auc"])
+    assert_task_metrics_agree(saved, columns, scores, truth)
 
 
 @pytest.mark.slow

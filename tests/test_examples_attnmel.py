@@ -9,10 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subset
+from conftest import (
+    assert_multiclass_metrics_agree,
+    assert_task_metrics_agree,
+    read_scores_and_truth,
+    shared_subset,
+)
 
 from examples import isic2017_attnmel as attnmel
-from examples.isic import ISIC2017Dataset, binary_metrics, make_synthetic_isic2017
+from examples.isic import (
+    ISIC2017Dataset,
+    ISIC2018Dataset,
+    binary_metrics,
+    make_synthetic_isic2017,
+)
+from examples.isic.cli import LimitedDataset
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--backbone", "resnet18", "--no-progress",
         "--overlay-images", "2", "--oversample", "2"]  # fmt: skip
@@ -107,9 +118,18 @@ def test_bad_inputs(tiny_root: Path, tmp_path: Path) -> None:
 
 def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
-    metrics = attnmel.main(["--data-root", str(root), "--out", str(tmp_path / "r"), "--epochs", "1",
+    out = tmp_path / "r"
+    metrics = attnmel.main(["--data-root", str(root), "--out", str(out), "--epochs", "1",
                             "--roi", "lesion", *TINY])  # fmt: skip
     assert 0 <= metrics["mean_auc"] <= 1
+    # metrics.json is the test split's, recomputed here from predictions.csv and the official truth
+    ids, columns, scores, truth = read_scores_and_truth(
+        out / "predictions.csv", root / "ISIC-2017_Test_v2_Part3_GroundTruth.csv"
+    )
+    assert ids == ISIC2017Dataset(root, "test", task="melanoma").ids and columns == ["melanoma"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["mean_auc"] == pytest.approx(metrics["mean_auc"])
+    assert_task_metrics_agree(saved, columns, scores, truth)
     assert metrics["attention_jaccard"]["val"]["images"] == 15  # every val image has a mask
     assert metrics["attention_jaccard"]["test"] == {}  # no test masks are shipped
 
@@ -124,3 +144,13 @@ def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
     assert len(metrics["confusion_matrix"]) == 7
     header = (out / "predictions.csv").read_text().splitlines()[0]
     assert header == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
+    # metrics.json is the (limited) test split's, recomputed from predictions.csv and the truth
+    ids, columns, scores, truth = read_scores_and_truth(
+        out / "predictions.csv",
+        root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv",
+    )
+    test = ISIC2018Dataset(root, "test", split_file=out / "split.json")
+    assert ids == LimitedDataset(test, 35).ids
+    assert_multiclass_metrics_agree(
+        json.loads((out / "metrics.json").read_text()), columns, scores, truth
+    )
