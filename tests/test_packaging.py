@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -40,6 +41,7 @@ def test_wheel_contents(wheel: Path) -> None:
     top = {n.split("/")[0] for n in names}
     assert top == {"attnblocks", "attnblocks-0.1.0.dist-info"}, top
     assert "attnblocks/py.typed" in names and "attnblocks/arl.py" in names
+    assert "attnblocks/csrc/arl_merge.cpp" in names  # the native merge kernels' source
     metadata = zipfile.ZipFile(wheel).read("attnblocks-0.1.0.dist-info/METADATA").decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     core = [r for r in requires if "extra ==" not in r]
@@ -81,12 +83,16 @@ def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -
     (Path(fresh_site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = (
         "import attnblocks as ab, timm, torch;"
+        "from attnblocks import _merge_native as n;"
         "m = ab.ARLWrapper(timm.create_model('resnet18', num_classes=2), alpha_init=0.0);"
-        "print(ab.__file__); print(len(m.alphas())); print(ab.__version__)"
+        "print(ab.__file__); print(len(m.alphas())); print(ab.__version__);"
+        "print(n.native_available() or n.native_error())"
     )
+    env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run(
-        [str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
+        [str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
     )
-    file, n_alphas, version = out.stdout.split()
+    file, n_alphas, version, native = out.stdout.split(maxsplit=3)
     assert file.startswith(fresh_site), f"imported {file}, not the wheel in {fresh_site}"
     assert n_alphas == "8" and version == "0.1.0"
+    assert native.strip() == "True", native  # the installed kernel source builds

@@ -1,0 +1,295 @@
+"""The ``native`` merge backend: fused C++ kernels on CPU float32, checked against the reference."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from timm.layers import DropPath
+from torch import nn
+
+from attnblocks import _merge_native, merge
+from attnblocks.merge import arl_merge, arl_merge_bn, arl_merge_reference, set_merge_backend
+from attnblocks.normalize import get_normalization
+
+ROOT = Path(__file__).resolve().parents[1]
+NATIVE_NORMS = ["spatial", "sigmoid"]
+
+pytestmark = pytest.mark.skipif(
+    not _merge_native.native_available(),
+    reason=f"native merge kernels unavailable: {_merge_native.native_error()}",
+)
+
+
+@pytest.fixture
+def native():
+    previous = set_merge_backend("native")
+    yield
+    set_merge_backend(previous)
+
+
+def _bn(c: int, train: bool, seed: int) -> nn.BatchNorm2d:
+    g = torch.Generator().manual_seed(seed)
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    return bn.train(train)
+
+
+def _leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape) * scale).requires_grad_(True)
+
+
+def _run(t, u, alpha, bn, sbn, norm, act, drop_path, backend: str):
+    """Output and gradients (inputs, alpha, norm parameters) of one merge on ``backend``."""
+    set_merge_backend(backend)
+    torch.manual_seed(11)  # drop_path draws the same per-sample factors on every backend
+    if bn is None:
+        s = u if sbn is None else sbn(u)
+        out = arl_merge(t, s, alpha, norm, act, drop_path)
+    else:
+        out = arl_merge_bn(t, bn, u, alpha, norm, act, drop_path, shortcut_norm=sbn)
+    params = [t, u, alpha] + [p for m in (bn, sbn) if m is not None for p in (m.weight, m.bias)]
+    weight = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    grads = torch.autograd.grad((out * weight).sum(), params)
+    return out, grads
+
+
+def _compare(shape, norm, act, bn_mode, sbn_mode, drop, seed=0, scale=1.0):
+    torch.manual_seed(seed)
+    n, c = shape[:2]
+    t, u = _leaf(*shape, scale=scale), _leaf(*shape)
+    alpha = torch.tensor(0.6, requires_grad=True)
+    bn = None if bn_mode is None else _bn(c, bn_mode == "train", seed)
+    sbn = None if sbn_mode is None else _bn(c, sbn_mode == "train", seed + 1)
+    dp = DropPath(0.5).train() if drop else None
+    mods = (copy.deepcopy(bn), copy.deepcopy(sbn))
+    out, grads = _run(t, u, alpha, bn, sbn, norm, act, dp, "native")
+    if bn is not None:
+        assert out.grad_fn.name() == "NativeMergeBackward"  # the fused kernels really ran
+    ref, ref_grads = _run(t, u, alpha, *mods, norm, act, dp, "reference")
+    scale_out = ref.abs().max().item() + 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * scale_out)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * (b.abs().max().item() + 1))
+    for m, m_ref in zip((bn, sbn), mods, strict=True):
+        if m is not None:  # running statistics updated exactly as the module updates them
+            torch.testing.assert_close(m.running_mean, m_ref.running_mean, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(m.running_var, m_ref.running_var, rtol=1e-6, atol=1e-7)
+            assert int(m.num_batches_tracked) == int(m_ref.num_batches_tracked)
+
+
+@pytest.mark.parametrize("norm", NATIVE_NORMS)
+@pytest.mark.parametrize("bn_mode", ["train", "eval", None])
+@pytest.mark.parametrize("sbn_mode", ["train", "eval", None])
+def test_native_matches_reference_with_norms(native, norm, bn_mode, sbn_mode):
+    _compare((3, 6, 7, 9), norm, torch.relu, bn_mode, sbn_mode, drop=False)
+
+
+@pytest.mark.parametrize("norm", NATIVE_NORMS)
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.Identity()], ids=["relu", "identity"])
+@pytest.mark.parametrize("drop", [False, True], ids=["no-drop", "drop-path"])
+def test_native_matches_reference_act_and_drop_path(native, norm, act, drop):
+    _compare((8, 5, 6, 4), norm, act, "train", "train", drop=drop, seed=3)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 1, 1), (2, 4, 1, 5), (1, 2, 97, 131), (2, 3, 17, 1)], ids=str
+)
+def test_native_odd_shapes(native, shape):
+    mode = "eval" if shape[0] * shape[2] * shape[3] < 2 else "train"
+    _compare(shape, "spatial", torch.relu, mode, None, drop=False, seed=5)
+
+
+@pytest.mark.parametrize("scale", [60.0, 300.0], ids=["saturating", "overflowing"])
+def test_native_softmax_shifts_by_the_maximum_when_exp_would_overflow(native, scale):
+    """F far above exp's range: the kernel falls back to max-shifted exponentials."""
+    _compare((2, 3, 5, 6), "spatial", torch.relu, None, None, drop=False, scale=scale)
+
+
+def test_native_softmax_underflowing_plane(native):
+    """F far below exp's range everywhere: still a distribution (max-shifted), like the reference."""
+    torch.manual_seed(0)
+    f = (torch.randn(2, 3, 4, 5) - 500).requires_grad_(True)
+    s, alpha = torch.randn(2, 3, 4, 5), torch.tensor(1.0)
+    out = arl_merge(f, s, alpha, "spatial", nn.Identity())
+    ref = arl_merge_reference(f, s, alpha, get_normalization("spatial")(f), nn.Identity())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_native_nan_stays_in_its_plane(native):
+    f, s, alpha = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.5)
+    f[1, 2, 0, 0] = float("nan")
+    out = arl_merge(f, s, alpha, "spatial", nn.Identity())
+    ref = arl_merge_reference(f, s, alpha, get_normalization("spatial")(f), nn.Identity())
+    assert torch.isnan(out[1, 2]).all() and torch.isnan(ref[1, 2]).all()
+    bad = torch.zeros_like(out, dtype=torch.bool)
+    bad[1, 2] = True
+    assert not torch.isnan(out[~bad]).any()
+    torch.testing.assert_close(out[~bad], ref[~bad])
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_native_alpha_zero_is_the_plain_epilogue_bit_for_bit(native, train):
+    """alpha = 0: relu(bn(t) + s), rounded as PyTorch's own BatchNorm kernel rounds it."""
+    torch.manual_seed(0)
+    t, u = torch.randn(4, 16, 14, 14) * 3 + 1, torch.randn(4, 16, 14, 14)
+    bn = _bn(16, train, 0)
+    bn_ref = copy.deepcopy(bn)
+    with torch.no_grad():
+        out = arl_merge_bn(t, bn, u, torch.tensor(0.0))
+        ref = torch.relu(bn_ref(t) + u)
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=1e-6, atol=0)
+
+
+def test_native_inference_paths_agree(native):
+    """no_grad, inference_mode and the autograd op give the same output."""
+    t, u, bn = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6), _bn(8, False, 0)
+    alpha = nn.Parameter(torch.tensor(0.4))
+    out = arl_merge_bn(t, bn, u, alpha)
+    assert out.grad_fn.name() == "NativeMergeBackward"
+    with torch.no_grad():
+        no_grad = arl_merge_bn(t, bn, u, alpha)
+    with torch.inference_mode():
+        inference = arl_merge_bn(t, bn, u, alpha)
+    assert torch.equal(out.detach(), no_grad) and torch.equal(no_grad, inference)
+
+
+def test_native_result_does_not_depend_on_thread_count(native):
+    torch.manual_seed(0)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            t, u = _leaf(2, 16, 9, 9), _leaf(2, 16, 9, 9)
+            with torch.no_grad():
+                t.copy_(torch.arange(t.numel()).reshape(t.shape).sin())
+                u.copy_(torch.arange(u.numel()).reshape(u.shape).cos())
+            alpha = torch.tensor(0.5, requires_grad=True)
+            out = arl_merge_bn(t, _bn(16, True, 0), u, alpha)
+            results.append((out, *torch.autograd.grad(out.sum(), [t, u, alpha])))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["channels_last", "float64", "channel", "custom", "bf16"], ids=str)
+def test_native_falls_back_to_eager_kernels_where_it_does_not_apply(native, case):
+    torch.manual_seed(0)
+    dtype = {"float64": torch.float64, "bf16": torch.bfloat16}.get(case, torch.float32)
+    t = torch.randn(2, 4, 5, 6, dtype=dtype)
+    if case == "channels_last":
+        t = t.to(memory_format=torch.channels_last)
+    t.requires_grad_(True)
+    u = torch.randn(2, 4, 5, 6, dtype=dtype)
+    norm = {"channel": "channel", "custom": lambda x: torch.sigmoid(x) / 2}.get(case, "spatial")
+    bn = _bn(4, True, 0).to(dtype)
+    out = arl_merge_bn(t, bn, u, torch.tensor(0.5, dtype=dtype, requires_grad=True), norm)
+    assert out.grad_fn.name().endswith("_ARLMergeBackward")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    c=st.integers(1, 5),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    scale=st.sampled_from([0.1, 1.0, 10.0]),
+    alpha=st.floats(-2.0, 2.0),
+    norm=st.sampled_from(NATIVE_NORMS),
+)
+def test_native_property_matches_reference(n, c, h, w, scale, alpha, norm):
+    previous = set_merge_backend("native")
+    try:
+        torch.manual_seed(n * 1000 + c * 100 + h * 10 + w)
+        t, u = _leaf(n, c, h, w, scale=scale), _leaf(n, c, h, w)
+        a = torch.tensor(alpha, requires_grad=True)
+        out = arl_merge(t, u, a, norm)
+        ref = arl_merge_reference(t, u, a, get_normalization(norm)(t), torch.relu)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * scale)
+        g = torch.autograd.grad(out.sum(), [t, u, a])
+        g_ref = torch.autograd.grad(ref.sum(), [t, u, a])
+        for x, y in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * (y.abs().max().item() + 1))
+    finally:
+        set_merge_backend(previous)
+
+
+# --- building, caching, and running without a compiler -------------------------------------------
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, check=False
+    )
+
+
+def test_native_library_is_built_once_into_the_cache_dir(tmp_path):
+    code = (
+        "from attnblocks import _merge_native as n; assert n.native_available(), n.native_error();"
+        "print(n._lib._name)"
+    )
+    first = _python(code, {"ATTNBLOCKS_CACHE_DIR": str(tmp_path)})
+    assert first.returncode == 0, first.stderr
+    lib = Path(first.stdout.strip())
+    assert lib.parent == tmp_path and lib.name.startswith("arl_merge-") and lib.suffix == ".so"
+    stamp = lib.stat().st_mtime_ns
+    second = _python(code, {"ATTNBLOCKS_CACHE_DIR": str(tmp_path)})
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == str(lib) and lib.stat().st_mtime_ns == stamp  # reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lib.name]  # no temporary left behind
+
+
+def test_native_without_a_compiler_warns_once_and_uses_the_eager_kernels(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from attnblocks import merge, _merge_native as n\n"
+        "t, u = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)\n"
+        "bn = torch.nn.BatchNorm2d(3)\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = merge.arl_merge_bn(t.requires_grad_(), bn, u, torch.tensor(0.5))\n"
+        "    merge.arl_merge_bn(t, bn, u, torch.tensor(0.5))\n"
+        "print(len(seen), out.grad_fn.name(), n.native_error())\n"
+        "print(seen[0].message)\n"
+    )
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {"ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache"), "PATH": str(empty), "CXX": ""}
+    done = _python(code, env)
+    assert done.returncode == 0, done.stderr
+    first, message = done.stdout.strip().splitlines()
+    count, grad_fn, *error = first.split(maxsplit=2)
+    assert count == "1" and grad_fn.endswith("_ARLMergeBackward")
+    assert "no C++ compiler" in error[0]
+    assert "ATTNBLOCKS_MERGE_BACKEND=eager" in message
+
+
+def test_native_is_the_default_backend_unless_the_environment_says_otherwise():
+    code = "from attnblocks import merge; print(merge.get_merge_backend())"
+    assert _python(code, {"ATTNBLOCKS_MERGE_BACKEND": "eager"}).stdout.strip() == "eager"
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBLOCKS_MERGE_BACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.stdout.strip() == "native", done.stderr
+    assert merge.list_merge_backends() == ["compiled", "eager", "native", "reference"]
