@@ -138,8 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--merge-backends",
         nargs="+",
-        default=["eager", "reference"],
+        default=list(dict.fromkeys([merge.get_merge_backend(), "eager", "reference"])),
         choices=merge.list_merge_backends(),
+        help="default: the library's default backend (native), eager and reference",
     )
     p.add_argument("--channels-last", action="store_true")
     args = p.parse_args(argv)

@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         choices=merge.list_merge_backends(),
-        help="ARL merge backends to time against the plain model (default: eager)",
+        help="ARL merge backends to time against the plain model (default: the library's, native)",
     )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "rounds": 2 if quick else 7,
         "min_run_time": 0.01 if quick else 0.5,
         "warmup": 1 if quick else 2,
-        "merge_backends": ["eager"],
+        "merge_backends": [merge.get_merge_backend()],
     }
     return harness.fill_defaults(args, defaults)
 

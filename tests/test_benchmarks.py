@@ -162,8 +162,8 @@ def test_memory_benchmark_full_size_ratio(tmp_path):
     out = str(tmp_path / "memory.json")
     payload = memory.main(["--device", "cpu", "--pairs", "resnet50", "--out", out])
     for row in payload["results"]:
-        if row["params"]["merge_backend"] == "eager":
-            assert row["metrics"]["saved_ratio"] <= 1.05
+        if row["params"]["merge_backend"] in ("native", "eager"):
+            assert row["metrics"]["saved_ratio"] == 1.0
         else:
             assert row["metrics"]["saved_ratio"] > 1.4
 
@@ -173,12 +173,14 @@ def test_memory_benchmark_full_size_ratio(tmp_path):
 
 def test_memory_quick(tmp_path, capsys):
     out = tmp_path / "memory.json"
-    payload = memory.main(["--quick", "--device", "cpu", "--out", str(out)])
+    backends = ["--merge-backends", "native", "eager", "reference"]
+    payload = memory.main(["--quick", "--device", "cpu", *backends, "--out", str(out)])
     assert json.loads(out.read_text())["benchmark"] == "memory"
     rows = {r["name"]: r["metrics"] for r in payload["results"]}
     for norm in ab.list_normalizations():
         for pair in ("resnet50", "resnet14"):
             # the lean merge saves exactly what the plain network saves; the reference far more
+            assert rows[f"{pair}/{norm}/native"]["saved_ratio"] == 1.0
             assert rows[f"{pair}/{norm}/eager"]["saved_ratio"] == 1.0
             assert rows[f"{pair}/{norm}/reference"]["saved_ratio"] > 1.4
     assert 1.0 < rows["vgg16"]["saved_ratio"] < 1.1
@@ -187,12 +189,14 @@ def test_memory_quick(tmp_path, capsys):
 
 def test_models_quick(tmp_path, capsys):
     out = tmp_path / "models.json"
-    payload = models.main(["--quick", "--device", "cpu", "--out", str(out)])
+    payload = models.main(
+        ["--quick", "--device", "cpu", "--merge-backends", "native", "--out", str(out)]
+    )
     validate_results(json.loads(out.read_text()))
     names = {r["name"] for r in payload["results"]}
     for pair in ("resnet50", "resnet14"):
         for mode in ("train", "infer"):
-            assert f"{pair}/{mode}/{models.PAIRS[pair].attn_name} [eager]" in names
+            assert f"{pair}/{mode}/{models.PAIRS[pair].attn_name} [native]" in names
     assert "vgg16/train/AttnMel-VGG16" in names
     for row in payload["results"]:
         m = row["metrics"]
