@@ -177,6 +177,7 @@ void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* 
                   const float* f_invstd, int f_need, int s_mode, const float* s_mean,
                   const float* s_invstd, int s_need, double* f_sum, double* f_sumx,
                   double* s_sum, double* s_sumx, double* a_sum, int nt) {
+    const bool relu = y != nullptr;
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i64 c = 0; c < C; ++c) {
         const float kf = at(fk, c, 1.0f), bf = at(fb, c, 0.0f);
@@ -189,7 +190,8 @@ void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* 
             const i64 off = (n * C + c) * HW;
             const float d = at(dscale, n, 1.0f);
             const float* dyp = dy + off;
-            const float* yp = y ? y + off : nullptr;
+            // ReLU: the gradient passes where y > 0 (y is read in place of dy without one)
+            const float* yp = y ? y + off : dy + off;
             const float* tp = t + off;
             const float* up = u + off;
             float* gfp = gf + off;
@@ -200,7 +202,7 @@ void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* 
                 float r = 0.0f;
 #pragma omp simd reduction(+ : r)
                 for (i64 i = 0; i < HW; ++i) {
-                    const float g = (yp == nullptr || yp[i] > 0.0f) ? dyp[i] : 0.0f;
+                    const float g = (relu && !(yp[i] > 0.0f)) ? 0.0f : dyp[i];
                     const float a = gfp[i] * inv;
                     gfp[i] = a;
                     gsp[i] = g;
@@ -226,7 +228,7 @@ void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* 
                 float r = 0.0f;
 #pragma omp simd reduction(+ : r, pfs, pfsx, pss, pssx)
                 for (i64 i = 0; i < HW; ++i) {
-                    const float g = (yp == nullptr || yp[i] > 0.0f) ? dyp[i] : 0.0f;
+                    const float g = (relu && !(yp[i] > 0.0f)) ? 0.0f : dyp[i];
                     const float f = std::fma(tp[i], kf, bf);
                     const float a = sigmoid_f32(f);
                     const float s = std::fma(up[i], ks, bs);
