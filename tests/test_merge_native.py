@@ -255,6 +255,28 @@ def test_native_library_is_built_once_into_the_cache_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [lib.name]  # no temporary left behind
 
 
+def test_native_concurrent_first_builds_do_not_collide(tmp_path):
+    """Two processes (e.g. torchrun ranks) building into an empty cache at once both load a library."""
+    code = (
+        "from attnblocks import _merge_native as n; assert n.native_available(), n.native_error();"
+        "print(n._lib._name)"
+    )
+    full_env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err.decode() for _, err in outs]
+    names = {out.decode().strip() for out, _ in outs}
+    assert len(names) == 1 and [p.name for p in tmp_path.iterdir()] == [Path(names.pop()).name]
+
+
 def test_native_without_a_compiler_warns_once_and_uses_the_eager_kernels(tmp_path):
     code = (
         "import warnings, torch\n"
