@@ -144,8 +144,10 @@ def set_merge_backend(name: str) -> str:
 
 def lean_merge_active(tap: nn.Module | None = None) -> bool:
     """True when the lean merge will run: backend not ``reference``, not inside ``torch.compile``
-    and, if given, no hook on the attention ``tap`` (a recorded mask must be materialised)."""
-    if _backend == "reference" or torch.compiler.is_compiling():
+    or ``torch.jit.trace`` (a trace records tensor ops only: it would miss the fused kernels and
+    freeze ``alpha`` into a constant) and, if given, no hook on the attention ``tap`` (a recorded
+    mask must be materialised)."""
+    if _backend == "reference" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     return tap is None or not _has_hooks(tap)
 

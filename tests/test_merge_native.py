@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.layers import DropPath
 from torch import nn
 
+import attnblocks as ab
 from attnblocks import _merge_native, merge
 from attnblocks.merge import arl_merge, arl_merge_bn, arl_merge_reference, set_merge_backend
 from attnblocks.normalize import get_normalization
@@ -227,6 +229,24 @@ def test_native_property_matches_reference(n, c, h, w, scale, alpha, norm):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * (y.abs().max().item() + 1))
     finally:
         set_merge_backend(previous)
+
+
+def test_jit_trace_records_the_straightforward_merge(native):
+    """A trace cannot see the fused kernels (nor a Python float alpha): the blocks trace the
+    composition of tensor ops, so the traced model follows new inputs and new weights."""
+    model = ab.ARLWrapper(timm.create_model("resnet26", num_classes=3), alpha_init=0.5).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        x2 = torch.randn(2, 3, 64, 48)
+        before = model(x2)
+        torch.testing.assert_close(traced(x2), before)
+        for name, param in model.named_parameters():
+            if name.endswith(".alpha"):
+                param.fill_(-1.5)  # parameters are shared with the trace
+        after = model(x2)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(traced(x2), after)
 
 
 # --- building, caching, and running without a compiler -------------------------------------------
