@@ -49,6 +49,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from . import _merge_native as _native
@@ -142,14 +143,30 @@ def set_merge_backend(name: str) -> str:
     return previous
 
 
-def lean_merge_active(tap: nn.Module | None = None) -> bool:
-    """True when the lean merge will run: backend not ``reference``, not inside ``torch.compile``
+def lean_merge_active(tap: nn.Module | None = None, x: Tensor | None = None) -> bool:
+    """True when the lean merge will run: backend not ``reference``; not inside ``torch.compile``
     or ``torch.jit.trace`` (a trace records tensor ops only: it would miss the fused kernels and
-    freeze ``alpha`` into a constant) and, if given, no hook on the attention ``tap`` (a recorded
-    mask must be materialised)."""
+    freeze ``alpha`` into a constant); if given, no hook on the attention ``tap`` (a recorded mask
+    must be materialised) and an input ``x`` that carries no forward-mode tangent and no
+    ``torch.func`` transform (the custom op has neither a jvp nor a vmap rule)."""
     if _backend == "reference" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
+    if x is not None and _transformed(x):
+        return False
     return tap is None or not _has_hooks(tap)
+
+
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
+def _transformed(x: Tensor) -> bool:
+    """True if ``x`` is a dual tensor of forward-mode AD or a ``torch.func`` (vmap, jvp, grad)
+    wrapper: only plain tensor ops carry its tangents and batch dimensions."""
+    if _is_functorch_wrapped is not None and _is_functorch_wrapped(x):
+        return True
+    if getattr(fwAD, "_current_level", 0) < 0:  # no dual level open: no tangent anywhere
+        return False
+    return fwAD.unpack_dual(x).tangent is not None
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -246,7 +263,7 @@ def arl_merge(
     """
     _check(f, shortcut, alpha, "arl_merge")
     relu = _act_kind(act)
-    if relu is None or not lean_merge_active(tap):
+    if relu is None or not lean_merge_active(tap, f) or _transformed(shortcut):
         return _reference(f, shortcut, alpha, normalization, act, drop_path, tap)
     cfg = _Config(
         spec=_norm_spec(normalization),
@@ -302,7 +319,8 @@ def arl_merge_bn(
             raise TypeError(f"arl_merge_bn: {name} must be an nn.Module, got {type(m).__name__}")
     relu = _act_kind(act)
     s_fuse = shortcut_norm is None or fusable_norm(shortcut_norm)
-    if not (fusable_norm(norm) and s_fuse and relu is not None and lean_merge_active(tap)):
+    lean = lean_merge_active(tap, t) and not _transformed(shortcut)
+    if not (fusable_norm(norm) and s_fuse and relu is not None and lean):
         s = shortcut if shortcut_norm is None else shortcut_norm(shortcut)
         return arl_merge(norm(t), s, alpha, normalization, act, drop_path, tap=tap)
     _check(t, shortcut, alpha, "arl_merge_bn")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.autograd.forward_ad as fwAD
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.layers import DropPath
@@ -247,6 +248,30 @@ def test_jit_trace_records_the_straightforward_merge(native):
         after = model(x2)
         assert not torch.allclose(after, before)
         torch.testing.assert_close(traced(x2), after)
+
+
+@pytest.mark.parametrize("backend", ["native", "eager"])
+def test_forward_mode_ad_and_torch_func_use_the_straightforward_merge(backend):
+    """The custom op has no jvp or vmap rule: dual tensors and torch.func wrappers step around it,
+    so tangents and batched results are those of the composition of tensor ops."""
+    block = ab.convert_block(timm.create_model("resnet26").layer2[0], alpha_init=0.7).eval()
+    block.requires_grad_(False)  # frozen weights: the no-grad fast path is what would be taken
+    x, v = torch.randn(2, 256, 10, 12), torch.randn(2, 256, 10, 12)
+    previous = set_merge_backend("reference")
+    try:
+        ref_out, ref_tangent = torch.func.jvp(block, (x,), (v,))
+        ref_batched = torch.stack([block(x[i : i + 1])[0] for i in range(2)])
+        set_merge_backend(backend)
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(block(fwAD.make_dual(x, v)))
+        torch.testing.assert_close(out.primal, ref_out)
+        torch.testing.assert_close(out.tangent, ref_tangent)
+        _, tangent = torch.func.jvp(block, (x,), (v,))
+        torch.testing.assert_close(tangent, ref_tangent)
+        batched = torch.func.vmap(lambda xi: block(xi.unsqueeze(0))[0])(x)
+        torch.testing.assert_close(batched, ref_batched)
+    finally:
+        set_merge_backend(previous)
 
 
 # --- building, caching, and running without a compiler -------------------------------------------
