@@ -232,6 +232,7 @@ def test_native_property_matches_reference(n, c, h, w, scale, alpha, norm):
         set_merge_backend(previous)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_jit_trace_records_the_straightforward_merge(native):
     """A trace cannot see the fused kernels (nor a Python float alpha): the blocks trace the
     composition of tensor ops, so the traced model follows new inputs and new weights."""
