@@ -251,6 +251,7 @@ def test_jit_trace_records_the_straightforward_merge(native):
         torch.testing.assert_close(traced(x2), after)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("backend", ["native", "eager"])
 def test_forward_mode_ad_and_torch_func_use_the_straightforward_merge(backend):
     """The custom op has no jvp or vmap rule: dual tensors and torch.func wrappers step around it,
