@@ -143,15 +143,15 @@ def set_merge_backend(name: str) -> str:
     return previous
 
 
-def lean_merge_active(tap: nn.Module | None = None, x: Tensor | None = None) -> bool:
+def lean_merge_active(tap: nn.Module | None = None, inputs: tuple[Tensor, ...] = ()) -> bool:
     """True when the lean merge will run: backend not ``reference``; not inside ``torch.compile``
     or ``torch.jit.trace`` (a trace records tensor ops only: it would miss the fused kernels and
     freeze ``alpha`` into a constant); if given, no hook on the attention ``tap`` (a recorded mask
-    must be materialised) and an input ``x`` that carries no forward-mode tangent and no
-    ``torch.func`` transform (the custom op has neither a jvp nor a vmap rule)."""
+    must be materialised) and ``inputs`` that carry no forward-mode tangent and no ``torch.func``
+    transform (the custom op has neither a jvp nor a vmap rule)."""
     if _backend == "reference" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if x is not None and _transformed(x):
+    if any(_transformed(x) for x in inputs):
         return False
     return tap is None or not _has_hooks(tap)
 
@@ -161,7 +161,10 @@ _is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tenso
 
 def _transformed(x: Tensor) -> bool:
     """True if ``x`` is a dual tensor of forward-mode AD or a ``torch.func`` (vmap, jvp, grad)
-    wrapper: only plain tensor ops carry its tangents and batch dimensions."""
+    wrapper: only plain tensor ops carry its tangents and batch dimensions. (Non-tensors: False,
+    left for the input checks to report.)"""
+    if not isinstance(x, Tensor):
+        return False
     if _is_functorch_wrapped is not None and _is_functorch_wrapped(x):
         return True
     if getattr(fwAD, "_current_level", 0) < 0:  # no dual level open: no tangent anywhere
@@ -263,7 +266,7 @@ def arl_merge(
     """
     _check(f, shortcut, alpha, "arl_merge")
     relu = _act_kind(act)
-    if relu is None or not lean_merge_active(tap, f) or _transformed(shortcut):
+    if relu is None or not lean_merge_active(tap, (f, shortcut)):
         return _reference(f, shortcut, alpha, normalization, act, drop_path, tap)
     cfg = _Config(
         spec=_norm_spec(normalization),
@@ -319,7 +322,7 @@ def arl_merge_bn(
             raise TypeError(f"arl_merge_bn: {name} must be an nn.Module, got {type(m).__name__}")
     relu = _act_kind(act)
     s_fuse = shortcut_norm is None or fusable_norm(shortcut_norm)
-    lean = lean_merge_active(tap, t) and not _transformed(shortcut)
+    lean = lean_merge_active(tap, (t, shortcut))
     if not (fusable_norm(norm) and s_fuse and relu is not None and lean):
         s = shortcut if shortcut_norm is None else shortcut_norm(shortcut)
         return arl_merge(norm(t), s, alpha, normalization, act, drop_path, tap=tap)

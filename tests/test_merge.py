@@ -266,6 +266,8 @@ def test_merge_bn_unfusable_norm_falls_back():
         arl_merge_bn(t, nn.BatchNorm2d(5), u, alpha)
     with pytest.raises(TypeError, match="norm must be an nn.Module"):
         arl_merge_bn(t, torch.relu, u, alpha)
+    with pytest.raises(TypeError, match="arl_merge_bn: shortcut must be a Tensor, got list"):
+        arl_merge_bn(t, nn.BatchNorm2d(4), [0.0], alpha)
 
 
 def test_merge_bn_float32_within_1e5():
