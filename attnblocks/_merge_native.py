@@ -71,8 +71,9 @@ def _cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
@@ -182,7 +183,7 @@ def _norm_stats(x: Tensor, p: tuple[Tensor | None, ...], bn: Any) -> tuple[Tenso
         x.data_ptr(), n, c, h * wd, bn.eps, mean.data_ptr(), var_sum.data_ptr(),
         invstd.data_ptr(), _nt(),
     )  # fmt: skip
-    if rm is not None and rv is not None:  # the order of PyTorch's CPU kernel
+    if rm is not None and rv is not None:  # mean bit-exact with PyTorch's CPU kernel, var to 1 ulp
         m, count = bn.momentum, n * h * wd
         with torch.no_grad():
             rm.copy_(mean * m + rm * (1 - m))
@@ -238,7 +239,7 @@ def native_forward(
 
 
 class NativeMerge(torch.autograd.Function):
-    """:class:`attnblocks.merge._ARLMerge` on the fused C++ kernels; same inputs and outputs.
+    """:class:`attnblocks._merge_op._ARLMerge` on the fused C++ kernels; same inputs and outputs.
 
     Saved for backward: ``t`` and ``u`` (the norms' inputs, which plain norm layers save too), ``y``
     (ReLU only) and per-channel statistics: byte for byte what the plain block saves.

@@ -1,6 +1,6 @@
 // Fused ARL merge for CPU: float32, NCHW-contiguous tensors.
 //
-//   y = act(s + d * (F + alpha * N(F) * s)),  F = t * fk + fb,  s = u * sk + sb  (per channel)
+//   y = act(s + d * (F + alpha * N(F) * s)),  F = fma(t, fk, fb),  s = fma(u, sk, sb)  (per channel)
 //
 // N is the spatial softmax (over H*W of each (n, c) plane) or the sigmoid; act is ReLU or the
 // identity; d is the per-sample stochastic-depth factor. The per-channel affine maps are the block's
@@ -74,6 +74,21 @@ inline float softmax_exp(const float* t, float k, float b, float* e, i64 hw) {
         sum = exp_plane(t, k, b, m, e, hw);
     }
     return 1.0f / sum;
+}
+
+// Train-mode BatchNorm backward of channel c, in place over the output gradient g (N planes):
+// dx = k * (g - mean(g) - xhat * mean(g * xhat)), from sum(g) and sum(g * (x - mean)).
+inline void bn_train_backward(float* g, const float* x, i64 N, i64 C, i64 HW, i64 c, float k,
+                              float mu, float invstd, double sum, double sumx) {
+    const double count = static_cast<double>(N) * static_cast<double>(HW);
+    const float m1 = static_cast<float>(sum / count);
+    const float m2 = static_cast<float>(sumx / count) * invstd * invstd;
+    for (i64 n = 0; n < N; ++n) {
+        float* gp = g + (n * C + c) * HW;
+        const float* xp = x + (n * C + c) * HW;
+#pragma omp simd
+        for (i64 i = 0; i < HW; ++i) gp[i] = k * (gp[i] - m1 - (xp[i] - mu) * m2);
+    }
 }
 
 }  // namespace
@@ -173,10 +188,10 @@ void ab_merge_fwd(const float* t, const float* u, float* y, i64 N, i64 C, i64 HW
 // share of dL/dalpha. need_*: whether gf / gs must hold the input gradient (else scratch).
 void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* u, i64 N, i64 C,
                   i64 HW, const float* fk, const float* fb, const float* sk, const float* sb,
-                  float alpha, const float* dscale, int norm, float* gf, float* gs, int f_mode, const float* f_mean,
-                  const float* f_invstd, int f_need, int s_mode, const float* s_mean,
-                  const float* s_invstd, int s_need, double* f_sum, double* f_sumx,
-                  double* s_sum, double* s_sumx, double* a_sum, int nt) {
+                  float alpha, const float* dscale, int norm, float* gf, float* gs, int f_mode,
+                  const float* f_mean, const float* f_invstd, int f_need, int s_mode,
+                  const float* s_mean, const float* s_invstd, int s_need, double* f_sum,
+                  double* f_sumx, double* s_sum, double* s_sumx, double* a_sum, int nt) {
     const bool relu = y != nullptr;
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i64 c = 0; c < C; ++c) {
@@ -256,29 +271,11 @@ void ab_merge_bwd(const float* dy, const float* y, const float* t, const float* 
         s_sum[c] = ss;
         s_sumx[c] = ssx;
         a_sum[c] = as;
-        // train-mode BatchNorm backward: dx = k * (dy - mean(dy) - xhat * mean(dy * xhat))
-        const double count = static_cast<double>(N) * static_cast<double>(HW);
         if (f_mode == 2 && f_need) {
-            const float is = f_invstd[c];
-            const float m1 = static_cast<float>(fs / count);
-            const float m2 = static_cast<float>(fsx / count) * is * is;
-            for (i64 n = 0; n < N; ++n) {
-                float* gfp = gf + (n * C + c) * HW;
-                const float* tp = t + (n * C + c) * HW;
-#pragma omp simd
-                for (i64 i = 0; i < HW; ++i) gfp[i] = kf * (gfp[i] - m1 - (tp[i] - fmu) * m2);
-            }
+            bn_train_backward(gf, t, N, C, HW, c, kf, fmu, f_invstd[c], fs, fsx);
         }
         if (s_mode == 2 && s_need) {
-            const float is = s_invstd[c];
-            const float m1 = static_cast<float>(ss / count);
-            const float m2 = static_cast<float>(ssx / count) * is * is;
-            for (i64 n = 0; n < N; ++n) {
-                float* gsp = gs + (n * C + c) * HW;
-                const float* up = u + (n * C + c) * HW;
-#pragma omp simd
-                for (i64 i = 0; i < HW; ++i) gsp[i] = ks * (gsp[i] - m1 - (up[i] - smu) * m2);
-            }
+            bn_train_backward(gs, u, N, C, HW, c, ks, smu, s_invstd[c], ss, ssx);
         }
     }
 }
