@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
 
 import attnblocks as ab
 from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
+from examples.isic.checkpointing import config_differences
 from examples.isic.cli import (
     add_common_args,
     default_out_dir,
@@ -256,12 +257,8 @@ def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, 
             f"--stage1-from: {src} is at epoch {state['epoch']}, not at the end of stage 1 "
             f"(epoch {args.stage1_epochs - 1})"
         )
-    saved = state.get("run_config", {})
-    ignore = STAGE2_KEYS | Trainer.resume_ignore
-    diff = sorted(
-        k
-        for k in set(saved) | set(run_config)
-        if k not in ignore and saved.get(k) != run_config.get(k)
+    diff = config_differences(
+        state.get("run_config", {}), run_config, STAGE2_KEYS | Trainer.resume_ignore
     )
     if diff:
         raise ValueError(f"--stage1-from: {src} differs on {diff}")

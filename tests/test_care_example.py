@@ -87,6 +87,19 @@ def test_baseline_shares_stage1_and_resume_is_exact(tmp_path: Path) -> None:
     argv = ["--data-root", str(root), *TINY, "--epochs", "2", "--stage1-epochs", "1"]
     script.main([*argv, "--out", str(tmp_path / "s2"), "--stage1-from", str(tmp_path / "s1")])
     assert _log(tmp_path / "s2") == care
+    # a stage 1 trained with other settings is refused, naming the settings
+    with pytest.raises(ValueError, match=r"--stage1-from: .* differs on \['seed'\]"):
+        script.main(
+            [
+                *argv,
+                "--seed",
+                "7",
+                "--out",
+                str(tmp_path / "s3"),
+                "--stage1-from",
+                str(tmp_path / "s1"),
+            ]
+        )
 
 
 def test_bad_input(tmp_path: Path) -> None:

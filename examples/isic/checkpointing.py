@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMixin", "unwrap_model"]
+__all__ = ["CheckpointMixin", "config_differences", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -29,6 +29,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)
+
+
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] | set[str]
+) -> list[str]:
+    """Sorted keys, outside ``ignore``, on which two run configurations differ (missing counts)."""
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
 class CheckpointMixin:
@@ -82,8 +90,7 @@ class CheckpointMixin:
 
     def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
         """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
-        keys = (set(saved) | set(self.run_config)) - self.resume_ignore
-        diff = sorted(k for k in keys if saved.get(k) != self.run_config.get(k))
+        diff = config_differences(saved, self.run_config, self.resume_ignore)
         if diff:
             lines = ", ".join(
                 f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff
