@@ -272,7 +272,7 @@ class ARLBlock(_Rebuildable, nn.Module):
             isinstance(ds, nn.Sequential)
             and len(ds) > 0
             and merge.fusable_norm(ds[-1])
-            and not merge._has_hooks(ds)
+            and not merge.has_hooks(ds)
         ):
             layers = list(ds)
             for layer in layers[:-1]:
@@ -309,6 +309,7 @@ def _convert_block_(
     block.alpha = nn.Parameter(torch.tensor(alpha_init, **factory))
     block.attn_map = nn.Identity()
     block.arl_normalization = normalization
+    merge.prepare_merge_kernels()  # build the fused CPU kernels now, not inside a training step
     return block
 
 

@@ -43,7 +43,7 @@ def test_wheel_contents(wheel: Path) -> None:
     top = {n.split("/")[0] for n in names}
     assert top == {"attnblocks", "attnblocks-0.1.0.dist-info"}, top
     assert "attnblocks/py.typed" in names and "attnblocks/arl.py" in names
-    assert "attnblocks/csrc/arl_merge.cpp" in names  # the native merge kernels' source
+    assert "attnblocks/merge/csrc/arl_merge.cpp" in names  # the native merge kernels' source
     metadata = zipfile.ZipFile(wheel).read("attnblocks-0.1.0.dist-info/METADATA").decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     core = [r for r in requires if "extra ==" not in r]
