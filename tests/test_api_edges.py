@@ -436,3 +436,292 @@ def test_arl_wrapper_arguments_are_validated(tiny_resnet, kwargs, error, match):
 def test_arl_wrapper_prefix_with_a_trailing_dot(tiny_resnet):
     arl = ab.ARLWrapper(tiny_resnet, blocks=["layer4."])
     assert arl.conversion_report.converted == ["layer4.0"]
+
+
+# --- CARE, boxes, CAM, gates, recorder -----------------------------------------------------------
+
+
+def _care_maps() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    boxes = torch.tensor([[1.0, 1.0, 5.0, 5.0], [2.0, 0.0, 8.0, 6.0], [0.0, 0.0, 4.0, 8.0]])
+    inner, outer = ab.box_to_inner_outer(boxes, (8, 8))
+    return torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5)), inner, outer
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tau": NAN}, ValueError, r"tau must be a finite number > 0, got nan"),
+        ({"tau": INF}, ValueError, r"tau must be a finite number > 0, got inf"),
+        ({"tau": -0.5}, ValueError, r"tau must be a finite number > 0, got -0\.5"),
+        ({"tau": True}, TypeError, r"tau must be a finite number > 0, got True"),
+        ({"tau": "0.5"}, TypeError, r"tau must be a finite number > 0, got '0\.5'"),
+        ({"mix": NAN}, ValueError, r"mix must be a finite number in \[0, 1\], got nan"),
+        ({"mix": True}, TypeError, r"mix must be a finite number in \[0, 1\], got True"),
+        ({"mix": None}, TypeError, r"mix must be a finite number in \[0, 1\], got None"),
+        ({"reduction": ["sum"]}, ValueError, r"reduction must be one of .* got \['sum'\]"),
+    ],
+)
+def test_care_loss_parameters_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ab.CAREAttentionLoss(**kwargs)
+
+
+@pytest.mark.parametrize("tau", [NAN, -1.0, 0.0])
+def test_care_attention_loss_function_validates_tau(tau):
+    cam, inner, outer = _care_maps()
+    with pytest.raises(ValueError, match=rf"care_attention_loss: tau must be .*got {tau!r}"):
+        ab.care_attention_loss(cam, inner, outer, tau=tau)
+
+
+def test_care_attention_loss_rejects_a_non_tensor_cam():
+    _, inner, outer = _care_maps()
+    with pytest.raises(TypeError, match=r"cam must be a Tensor, got list"):
+        ab.care_attention_loss([[0.5]], inner, outer)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_care_nan_map_of_an_image_that_does_not_count_changes_nothing(reduction):
+    raw, inner, outer = _care_maps()
+    raw[1] = NAN
+    cam = raw.clone().requires_grad_()
+    loss = ab.care_attention_loss(
+        cam, inner, outer, valid=torch.tensor([True, False, True]), reduction=reduction
+    )
+    sub = raw[[0, 2]].clone().requires_grad_()
+    expected = ab.care_attention_loss(sub, inner[[0, 2]], outer[[0, 2]], reduction=reduction)
+    if reduction == "none":
+        assert loss[1].item() == 0.0
+        loss, expected = loss[[0, 2]], expected
+    torch.testing.assert_close(loss, expected)
+    loss.sum().backward()
+    expected.sum().backward()
+    assert torch.isfinite(cam.grad).all() and torch.equal(
+        cam.grad[1], torch.zeros_like(cam.grad[1])
+    )
+    torch.testing.assert_close(cam.grad[[0, 2]], sub.grad)
+
+
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stem(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"rare_classes": 2},
+            TypeError,
+            r"rare_classes must be a sequence of class indices .*got 2$",
+        ),
+        ({"rare_classes": "12"}, TypeError, r"rare_classes must be a sequence .*got '12'"),
+        ({"rare_classes": [1.5]}, TypeError, r"got the entry 1\.5 in \[1\.5\]"),
+        ({"rare_classes": [True]}, TypeError, r"got the entry True in \[True\]"),
+        ({"rare_classes": torch.tensor([1.0])}, TypeError, r"got a torch\.float32 tensor"),
+        (
+            {"rare_classes": [1], "num_classes": True},
+            TypeError,
+            r"num_classes must be an int >= 1, got True",
+        ),
+        (
+            {"rare_classes": [1], "num_classes": 0},
+            ValueError,
+            r"num_classes must be an int >= 1, got 0",
+        ),
+        (
+            {"rare_classes": [1], "criterion": "ce"},
+            TypeError,
+            r"criterion must be a callable .*got 'ce'",
+        ),
+        (
+            {"rare_classes": [1], "enabled": "no"},
+            TypeError,
+            r"enabled must be True or False, got 'no'",
+        ),
+        (
+            {"rare_classes": [1], "clip_boxes": 1},
+            TypeError,
+            r"clip_boxes must be True or False, got 1",
+        ),
+        (
+            {"rare_classes": [1], "tau": NAN},
+            ValueError,
+            r"tau must be a finite number > 0, got nan",
+        ),
+    ],
+)
+def test_care_arguments_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ab.CARE(_TinyNet(), "stem", **kwargs)
+
+
+def test_care_accepts_an_integer_tensor_of_rare_classes():
+    assert ab.CARE(_TinyNet(), "stem", rare_classes=torch.tensor([2, 0])).rare_classes == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("size", "error", "match"),
+    [
+        (8, TypeError, r"size must be \(H, W\), a pair of positive ints, got 8"),
+        ((8.5, 8), TypeError, r"size must be \(H, W\), a pair of positive ints, got \(8\.5, 8\)"),
+        ((True, 8), TypeError, r"a pair of positive ints, got \(True, 8\)"),
+        ((NAN, 8), TypeError, r"a pair of positive ints, got \(nan, 8\)"),
+        ((0, 8), ValueError, r"size must be \(H, W\) with positive sides, got \(0, 8\)"),
+    ],
+)
+def test_box_maps_size_is_validated(size, error, match):
+    with pytest.raises(error, match=match):
+        ab.box_to_inner_outer(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), size)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"threshold": NAN}, ValueError, r"threshold must be a finite number in \[0, 1\), got nan"),
+        (
+            {"threshold": 1.0},
+            ValueError,
+            r"threshold must be a finite number in \[0, 1\), got 1\.0",
+        ),
+        ({"threshold": -0.1}, ValueError, r"in \[0, 1\), got -0\.1"),
+        (
+            {"threshold": True},
+            TypeError,
+            r"threshold must be a finite number in \[0, 1\), got True",
+        ),
+        ({"margin": True}, TypeError, r"margin must be a finite fraction >= 0, got True"),
+    ],
+)
+def test_boxes_from_masks_parameters_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ab.boxes_from_masks(torch.ones(1, 8, 8), **kwargs)
+
+
+def test_boxes_from_masks_rejects_nan_masks_and_non_tensors():
+    with pytest.raises(ValueError, match=r"masks hold NaN values"):
+        ab.boxes_from_masks(torch.full((1, 8, 8), NAN))
+    with pytest.raises(TypeError, match=r"masks must be a Tensor .*got list"):
+        ab.boxes_from_masks([[0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"width": 0}, ValueError, r"width must be an int >= 1, got 0"),
+        ({"width": 2.5}, TypeError, r"width must be an int >= 1, got 2\.5"),
+        ({"sigma": 0.0}, ValueError, r"sigma must be a finite number > 0, got 0\.0"),
+        ({"sigma": NAN}, ValueError, r"sigma must be a finite number > 0, got nan"),
+        ({"sigma": -1.0}, ValueError, r"sigma must be a finite number > 0, got -1\.0"),
+    ],
+)
+def test_saliency_parameters_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=rf"spectral_residual_saliency: {match}"):
+        ab.spectral_residual_saliency(torch.rand(1, 3, 16, 16), **kwargs)
+
+
+@pytest.mark.parametrize("threshold", [NAN, INF, 0.0])
+def test_boxes_from_saliency_threshold_is_validated(threshold):
+    with pytest.raises(
+        ValueError, match=rf"threshold .* must be a finite number > 0, got {threshold!r}"
+    ):
+        ab.boxes_from_saliency(torch.rand(1, 3, 16, 16), threshold=threshold)
+
+
+def test_saliency_of_an_empty_batch_is_empty():
+    sal = ab.spectral_residual_saliency(torch.rand(0, 3, 16, 12))
+    assert sal.shape == (0, 1, 16, 12) and sal.dtype == torch.float32
+    boxes, valid = ab.boxes_from_saliency(torch.rand(0, 3, 16, 12))
+    assert boxes.shape == (0, 4) and valid.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("class_idx", "match"),
+    [
+        (
+            torch.tensor([1.7, 0.2]),
+            r"class_idx must hold class indices \(int\), got dtype torch\.float32",
+        ),
+        (True, r"class_idx must be an int or int tensor, got True"),
+    ],
+)
+def test_class_activation_map_refuses_non_integer_classes(class_idx, match):
+    with pytest.raises(TypeError, match=match):
+        ab.class_activation_map(torch.rand(2, 4, 3, 3), torch.rand(3, 4), class_idx)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: ab.upsample_maps(torch.rand(2, 1, 3, 3), (0, 4)),
+            ValueError,
+            r"upsample_maps: size must be \(H, W\) with positive sides",
+        ),
+        (
+            lambda: ab.upsample_maps(torch.rand(2, 1, 3, 3), 8),
+            TypeError,
+            r"upsample_maps: size must be \(H, W\), a pair of positive ints, got 8",
+        ),
+        (
+            lambda: ab.overlay_maps(torch.rand(2, 1, 3, 3), (4.0, 4.0)),
+            TypeError,
+            r"overlay_maps: size must be",
+        ),
+        (
+            lambda: ab.overlay_maps(torch.rand(2, 1, 3, 3), (4, 4), normalize="no"),
+            TypeError,
+            r"normalize must be True or False, got 'no'",
+        ),
+        (
+            lambda: ab.minmax_maps(torch.ones(1, 1, 3, 3), eps=NAN),
+            ValueError,
+            r"minmax_maps: eps must be a finite number > 0, got nan",
+        ),
+        (
+            lambda: ab.minmax_maps(torch.ones(1, 1, 3, 3), eps=0.0),
+            ValueError,
+            r"eps must be a finite number > 0, got 0\.0",
+        ),
+    ],
+)
+def test_map_helpers_validate_their_parameters(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("key", ["normalization", "aggregation"])
+def test_grid_gate_refuses_unhashable_names(key):
+    with pytest.raises(ValueError, match=rf"GridAttentionGate: unknown {key} \['mean'\]"):
+        ab.GridAttentionGate(4, 4, **{key: ["mean"]})
+
+
+@pytest.fixture(scope="module")
+def tiny_arl(tiny_resnet) -> nn.Module:
+    return ab.ARLWrapper(tiny_resnet).eval()
+
+
+def test_record_attention_include_one_name_as_a_str(tiny_arl):
+    with torch.no_grad(), ab.record_attention(tiny_arl, include="layer2.0") as maps:
+        tiny_arl(torch.rand(1, 3, 32, 32))
+    assert list(maps) == ["layer2.0"] and maps["layer2.0"].shape == (1, 128, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "error", "match"),
+    [
+        (None, {"include": []}, ValueError, r"include=\[\] records nothing"),
+        (None, {"detach": "no"}, TypeError, r"detach must be True or False, got 'no'"),
+        (None, {"include": 3}, TypeError, r"include must be a list of owner names, got 3"),
+        ([1], {}, TypeError, r"model must be an nn\.Module, got list"),
+    ],
+)
+def test_record_attention_arguments_are_validated(tiny_arl, model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        with ab.record_attention(tiny_arl if model is None else model, **kwargs):
+            pass
