@@ -90,6 +90,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated, corrupted or foreign file: say which and why
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights only load failed" in reason.lower():
+            reason = (
+                "it holds Python objects other than tensors (a pickled model?), and checkpoints "
+                "are read with weights_only=True; save model.state_dict() instead"
+            )
         raise ValueError(f"cannot read checkpoint {path}: {reason}") from err
     outer = state
     for key in _NESTED_KEYS:

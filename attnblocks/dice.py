@@ -24,8 +24,11 @@ __all__ = ["DiceAttentionRegularizer", "soft_dice"]
 _DICE_REDUCTIONS = ("batch", "image")
 
 
-def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
-    """(N, 1, H, W) float32 mask in [0, 1] from bool, {0, 1}/{0, 255} uint8 or [0, 1] float."""
+def _mask_to_float(mask: Tensor, batch: int, keep: Tensor | None = None) -> Tensor:
+    """(N, 1, H, W) float32 mask in [0, 1] from bool, {0, 1}/{0, 255} uint8 or [0, 1] float.
+
+    ``keep`` ``(N,)`` bool: the samples whose float masks are checked (the others are never read).
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(
             f"DiceAttentionRegularizer: masks must be a Tensor, got {type(mask).__name__}"
@@ -54,11 +57,17 @@ def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
         return mask.float() / scale
     if mask.is_floating_point():
         mask = mask.float()
-        if check and bool(((mask < 0) | (mask > 1) | mask.isnan()).any()):
-            raise ValueError(
-                "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} masks "
-                f"by 255), got min {mask.min().item():g}, max {mask.max().item():g}"
+        if check:
+            seen = (
+                mask
+                if keep is None
+                else torch.where(keep.to(mask.device).view(-1, 1, 1, 1), mask, 0.0)
             )
+            if bool(((seen < 0) | (seen > 1) | seen.isnan()).any()):
+                raise ValueError(
+                    "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} "
+                    f"masks by 255), got min {seen.min().item():g}, max {seen.max().item():g}"
+                )
         return mask
     raise TypeError(
         f"DiceAttentionRegularizer: masks must be bool, uint8 or float, got dtype {mask.dtype}"
@@ -239,8 +248,9 @@ class DiceAttentionRegularizer(nn.Module):
                     f"{maps[0].shape[0]}"
                 )
         batch = maps[0].shape[0]
-        m = _mask_to_float(masks, batch).to(maps[0].device)
-        w = _valid_weights(valid, batch, m.device, "DiceAttentionRegularizer")
+        w = _valid_weights(valid, batch, maps[0].device, "DiceAttentionRegularizer")
+        keep = None if valid is None else w != 0
+        m = _mask_to_float(masks, batch, keep).to(maps[0].device)
         # no valid sample (an all-invalid batch or a batch of 0): the loss is 0, with a gradient
         # path to the maps; decided on the device, without a host sync
         any_valid = w.sum() > 0

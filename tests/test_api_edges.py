@@ -190,8 +190,14 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path, content, match):
         ab.load_checkpoint(_Net(), tmp_path / "bad.pt")
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "safetensors"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "safetensors", "pickled model"])
 def test_unreadable_checkpoint_is_a_value_error(tmp_path, kind):
+    if kind == "pickled model":
+        path = tmp_path / "w.pth"
+        torch.save(_Net(), path)
+        with pytest.raises(ValueError, match=r"a pickled model\?.*save model\.state_dict\(\)"):
+            ab.load_checkpoint(_Net(), path)
+        return
     if kind == "garbage":
         path = tmp_path / "w.pth"
         path.write_bytes(b"not a checkpoint at all")
@@ -238,6 +244,20 @@ def test_dice_non_finite_map_of_an_excluded_sample_changes_nothing(reduction, ba
         assert torch.isfinite(full.grad).all()
         torch.testing.assert_close(full.grad[[0, 2]], sub.grad, rtol=1e-6, atol=0)
         assert torch.equal(full.grad[1], torch.zeros_like(full.grad[1]))
+
+
+@pytest.mark.parametrize("reduction", ["batch", "image"])
+def test_dice_nan_mask_of_an_excluded_sample_is_not_read(reduction):
+    gen = torch.Generator().manual_seed(4)
+    reg = ab.DiceAttentionRegularizer(weights=(1.0,), reduction=reduction)
+    masks = torch.rand(3, 1, 16, 16, generator=gen)
+    masks[1] = NAN
+    maps = [torch.rand(3, 1, 8, 8, generator=gen)]
+    loss = reg(maps, masks, valid=torch.tensor([True, False, True]))
+    expected = reg([maps[0][[0, 2]]], masks[[0, 2]])
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"float masks must lie in \[0, 1\]"):
+        reg(maps, masks, valid=torch.tensor([True, True, False]))
 
 
 @pytest.mark.parametrize("reduction", ["batch", "image"])
