@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,10 @@ def _valid_weights(valid: Tensor | None, batch: int, device: torch.device, where
     """``(N,)`` float32 sample weights from ``valid`` (None: all ones)."""
     if valid is None:
         return torch.ones(batch, device=device)
-    w = torch.as_tensor(valid, device=device)
+    try:
+        w = torch.as_tensor(valid, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: valid must be a bool or float tensor, got {valid!r}") from err
     if w.is_complex():
         raise TypeError(f"{where}: valid must be bool or float, got dtype {w.dtype}")
     w = w.flatten()
@@ -230,6 +233,11 @@ class DiceAttentionRegularizer(nn.Module):
     ) -> Tensor:
         if isinstance(maps, Tensor):
             maps = [maps]
+        if isinstance(maps, (str, bytes)) or not isinstance(maps, Iterable):
+            raise TypeError(
+                "DiceAttentionRegularizer: maps must be a Tensor or a sequence of Tensors (one per "
+                f"weight), got {type(maps).__name__}"
+            )
         maps = list(maps)
         if len(maps) != len(self.weights):
             raise ValueError(

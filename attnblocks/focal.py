@@ -162,6 +162,11 @@ def focal_loss(
             f"focal_loss: input and target must be Tensors, got {type(input).__name__} and "
             f"{type(target).__name__}"
         )
+    if not input.is_floating_point():
+        raise TypeError(
+            f"focal_loss: input must be float logits (N, C, ...), got dtype {input.dtype} (class "
+            "indices belong in target)"
+        )
     if input.dim() < 2:
         raise ValueError(
             f"focal_loss: input must be (N, C, ...) logits, got shape {tuple(input.shape)}"
@@ -255,7 +260,12 @@ def sigmoid_focal_loss(
         reduction: ``"none"`` (default, as torchvision), ``"mean"`` or ``"sum"``.
 
     Returns:
-        The loss, float32 (float64 for float64 input).
+        The loss, float32 (float64 for float64 input); the mean of an empty input is 0.
+
+    Raises:
+        TypeError: non-float ``inputs``, ``alpha`` or ``gamma`` of the wrong type.
+        ValueError: shapes differ, targets outside [0, 1] or NaN, ``alpha`` NaN/inf or above 1,
+            ``gamma`` negative or not finite, unknown ``reduction``.
     """
     _check_reduction(reduction, "sigmoid_focal_loss")
     _check_gamma(gamma, "sigmoid_focal_loss")
@@ -273,12 +283,23 @@ def sigmoid_focal_loss(
             f"sigmoid_focal_loss: alpha must be a finite number <= 1 (negative: no weighting) or "
             f"None, got {alpha!r}"
         )
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"sigmoid_focal_loss: inputs must be float logits, got dtype {inputs.dtype}"
+        )
     x = inputs.to(torch.promote_types(inputs.dtype, torch.float32))
     t = targets.to(x.dtype)
+    if not torch.compiler.is_compiling() and bool(((t < 0) | (t > 1) | t.isnan()).any()):
+        raise ValueError(
+            "sigmoid_focal_loss: targets must lie in [0, 1] (divide {0, 255} masks by 255), got "
+            f"values {t[(t < 0) | (t > 1) | t.isnan()].unique()[:5].tolist()}"
+        )
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
     loss = ce * (1 - p_t).clamp_min(_TINY) ** gamma if gamma != 0 else ce
     if alpha is not None and alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    if reduction == "mean":  # an empty input gives 0 (as focal_loss), not 0/0
+        return loss.sum() / max(loss.numel(), 1)
     return _reduce(loss, reduction)

@@ -146,6 +146,10 @@ class GridAttentionGate(nn.Module):
                 raise ValueError(
                     f"GridAttentionGate: {name} must be 4D (N, C, H, W), got shape {tuple(x.shape)}"
                 )
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"GridAttentionGate: {name} must be a float tensor (features), got {x.dtype}"
+                )
             if x.shape[1] != channels:
                 raise ValueError(
                     f"GridAttentionGate: {name} has {x.shape[1]} channels, expected {channels} "

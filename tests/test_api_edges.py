@@ -745,3 +745,55 @@ def test_record_attention_arguments_are_validated(tiny_arl, model, kwargs, error
     with pytest.raises(error, match=match):
         with ab.record_attention(tiny_arl if model is None else model, **kwargs):
             pass
+
+
+# --- loss inputs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "targets", [[0.0, 255.0, 0.0, 255.0], [0.0, NAN, 1.0, 0.0], [-1.0, 0.0, 1.0, 1.0]]
+)
+def test_sigmoid_focal_targets_outside_0_1_are_refused(targets):
+    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: targets must lie in \[0, 1\]"):
+        ab.sigmoid_focal_loss(torch.randn(4), torch.tensor(targets), reduction="mean")
+
+
+def test_sigmoid_focal_mean_of_an_empty_input_is_zero_like_focal_loss():
+    x = torch.randn(0, requires_grad=True)
+    loss = ab.sigmoid_focal_loss(x, torch.zeros(0), reduction="mean")
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.shape == (0,)
+    assert ab.focal_loss(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool])
+def test_focal_losses_refuse_integer_logits(dtype):
+    with pytest.raises(TypeError, match=rf"focal_loss: input must be float logits .*{dtype}"):
+        ab.focal_loss(torch.ones(4, 3, dtype=dtype), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(
+        TypeError, match=rf"sigmoid_focal_loss: inputs must be float logits.*{dtype}"
+    ):
+        ab.sigmoid_focal_loss(torch.ones(4, dtype=dtype), torch.zeros(4))
+
+
+@pytest.mark.parametrize(("maps", "name"), [(5, "int"), (None, "NoneType"), ("maps", "str")])
+def test_dice_maps_of_the_wrong_kind(maps, name):
+    reg = ab.DiceAttentionRegularizer(weights=(1.0,))
+    with pytest.raises(
+        TypeError, match=rf"maps must be a Tensor or a sequence of Tensors .*got {name}"
+    ):
+        reg(maps, torch.zeros(2, 8, 8))
+
+
+def test_dice_valid_of_the_wrong_kind():
+    reg = ab.DiceAttentionRegularizer(weights=(1.0,))
+    with pytest.raises(TypeError, match=r"valid must be a bool or float tensor, got 'ab'"):
+        reg([torch.rand(2, 1, 4, 4)], torch.zeros(2, 8, 8), valid="ab")
+
+
+def test_grid_gate_refuses_integer_features():
+    gate = ab.GridAttentionGate(4, 4)
+    with pytest.raises(
+        TypeError, match=r"local must be a float tensor \(features\), got torch\.int64"
+    ):
+        gate(torch.ones(1, 4, 8, 8, dtype=torch.long), torch.rand(1, 4, 2, 2))
