@@ -227,6 +227,16 @@ def test_valid_excludes_samples_and_no_valid_gives_zero_with_grad():
         assert zero.item() == 0.0 and zero.requires_grad
         grads = torch.autograd.grad(zero, maps)
         assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+        # a batch of 0 samples is the same case: 0 with a graph, not 1 - 0
+        none = [m[:0] for m in maps]
+        empty = reg_r(none, masks[:0])
+        assert empty.item() == 0.0 and empty.requires_grad
+        empty.backward()
+    # a NaN map of an excluded sample changes nothing
+    broken = [m.detach().clone() for m in maps]
+    for m in broken:
+        m[1] = float("nan")
+    torch.testing.assert_close(reg(broken, masks, valid=valid), expected)
 
 
 def test_empty_masks_are_finite():
