@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,7 +293,7 @@ def is_arl_block(module: nn.Module) -> bool:
 
 
 def _check_alpha(alpha_init: float) -> float:
-    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)):
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real):
         raise TypeError(f"alpha_init must be a real number, got {type(alpha_init).__name__}")
     if not math.isfinite(alpha_init):
         raise ValueError(f"alpha_init must be finite, got {alpha_init}")

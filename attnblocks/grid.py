@@ -98,7 +98,9 @@ class GridAttentionGate(nn.Module):
             ("gate_channels", gate_channels),
             ("inter_channels", inter_channels),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"GridAttentionGate: {name} must be a positive int, got {value!r}")
+            if value < 1:
                 raise ValueError(f"GridAttentionGate: {name} must be a positive int, got {value!r}")
         if not isinstance(normalization, str) or normalization not in _GATE_NORMALIZATIONS:
             raise ValueError(

@@ -797,3 +797,26 @@ def test_grid_gate_refuses_integer_features():
         TypeError, match=r"local must be a float tensor \(features\), got torch\.int64"
     ):
         gate(torch.ones(1, 4, 8, 8, dtype=torch.long), torch.rand(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"local_channels": True}, TypeError),
+        ({"gate_channels": 4.0}, TypeError),
+        ({"inter_channels": 0}, ValueError),
+    ],
+)
+def test_grid_gate_channels_are_ints(kwargs, error):
+    args = {"local_channels": 4, "gate_channels": 4, **kwargs}
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(
+        error, match=rf"GridAttentionGate: {name} must be a positive int, got {value!r}"
+    ):
+        ab.GridAttentionGate(**args)
+
+
+def test_arl_alpha_init_accepts_a_numpy_float(tiny_resnet):
+    np = pytest.importorskip("numpy")
+    arl = ab.ARLWrapper(tiny_resnet, alpha_init=np.float32(0.25), blocks="layer1")
+    assert arl.alphas() == {"layer1.0": torch.tensor(0.25)}
