@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,7 +293,7 @@ def is_arl_block(module: nn.Module) -> bool:
 
 
 def _check_alpha(alpha_init: float) -> float:
-    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)):
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real):
         raise TypeError(f"alpha_init must be a real number, got {type(alpha_init).__name__}")
     if not math.isfinite(alpha_init):
         raise ValueError(f"alpha_init must be finite, got {alpha_init}")
@@ -369,6 +370,12 @@ def _looks_like_block(module: nn.Module) -> bool:
     return hasattr(module, "downsample") or "block" in name or "bottleneck" in name
 
 
+_BLOCKS_ACCEPTS = (
+    "None (all blocks), a block name or prefix (str, e.g. 'layer4'), a non-empty list of them, "
+    "or a predicate (name, module) -> bool"
+)
+
+
 def _select(
     candidates: list[tuple[str, nn.Module]],
     blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None,
@@ -376,12 +383,36 @@ def _select(
     names = [n for n, _ in candidates]
     if blocks is None:
         return set(names)
+    if isinstance(blocks, nn.Module):
+        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got the module {type(blocks).__name__}")
     if callable(blocks):
-        return {n for n, m in candidates if blocks(n, m)}
+        chosen = {n for n, m in candidates if blocks(n, m)}
+        if not chosen:
+            raise ValueError(
+                f"blocks: the predicate selects none of the convertible blocks {names}; the model "
+                "would be returned unconverted"
+            )
+        return chosen
     if isinstance(blocks, str):
         blocks = [blocks]
+    if isinstance(blocks, bytes) or not isinstance(blocks, Iterable):
+        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got {type(blocks).__name__} {blocks!r}")
+    given = blocks
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError(
+            f"blocks={given!r} selects no block, so nothing would be converted; pass None to "
+            f"convert all of {names}, or name some of them"
+        )
+    for pattern in blocks:
+        if not isinstance(pattern, str):
+            raise TypeError(
+                f"blocks must be {_BLOCKS_ACCEPTS}; got the entry {pattern!r} "
+                f"({type(pattern).__name__}) in {blocks!r}"
+            )
     chosen: set[str] = set()
     for pattern in blocks:
+        pattern = pattern.rstrip(".")
         hits = [n for n in names if n == pattern or n.startswith(pattern + ".")]
         if not hits:
             raise ValueError(
@@ -411,9 +442,11 @@ class ARLWrapper(_Rebuildable, nn.Module):
         inplace: convert ``model`` itself instead of a deep copy.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or has no convertible block.
+        TypeError: ``model`` is not an ``nn.Module`` or has no convertible block; ``blocks`` is
+            none of the accepted kinds (``blocks=5``); ``alpha_init`` is not a real number.
         ValueError: ``model`` is already converted, unknown normalization, non-finite ``alpha_init``,
-            or a ``blocks`` entry that matches no block.
+            a ``blocks`` entry that matches no block, or a ``blocks`` that selects nothing
+            (``[]``, a predicate false for every block): a conversion of nothing is refused.
 
     Example:
         >>> import timm, torch, attnblocks as ab
@@ -435,6 +468,8 @@ class ARLWrapper(_Rebuildable, nn.Module):
     ) -> ARLWrapper:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ARLWrapper expects an nn.Module, got {type(model).__name__}")
+        if not isinstance(inplace, bool):
+            raise TypeError(f"ARLWrapper: inplace must be True or False, got {inplace!r}")
         if isinstance(model, ARLWrapper) or any(is_arl_block(m) for m in model.modules()):
             raise ValueError(
                 f"{type(model).__name__} already contains ARL blocks; converting twice is not supported"

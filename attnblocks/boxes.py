@@ -9,6 +9,7 @@ boxes with the image). A pixel ``(i, j)`` lies in a box when its centre ``(j + 0
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_int, check_real
 from .gradcam import minmax_normalize
 
 __all__ = [
@@ -29,9 +31,17 @@ __all__ = [
 ]
 
 
-def _size(size: tuple[int, int] | torch.Size) -> tuple[int, int]:
-    if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"size must be (H, W) with positive sides, got {tuple(size)}")
+def _size(size: tuple[int, int] | torch.Size, name: str = "size") -> tuple[int, int]:
+    """``size`` as ``(H, W)`` positive ints; a float, a bool or a NaN side is refused."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list, torch.Size)):
+        raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {size!r}")
+    if len(size) != 2:
+        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
+    for side in size:
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+            raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {tuple(size)}")
+    if any(int(s) <= 0 for s in size):
+        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
     return int(size[0]), int(size[1])
 
 
@@ -189,19 +199,32 @@ def boxes_from_masks(
         masks: ``(N, H, W)`` or ``(N, 1, H, W)``; foreground where ``mask > threshold`` (masks scaled
             to 0..255 are accepted: they are divided by 255 when their maximum exceeds 1).
         margin: widen each side by this fraction of the box's width/height, clipped to the image.
-        threshold: foreground threshold on the [0, 1] scale.
+        threshold: foreground threshold on the [0, 1] scale, in [0, 1).
 
     Returns:
         ``(boxes, valid)``: ``(N, 4)`` float XYXY pixel-edge boxes and ``(N,)`` bool, False (with an
         all-zero box) where a mask has no foreground.
     """
+    if not isinstance(masks, Tensor):
+        raise TypeError(
+            f"masks must be a Tensor (N, H, W) or (N, 1, H, W), got {type(masks).__name__}"
+        )
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.dim() != 3:
         raise ValueError(f"masks must be (N, H, W) or (N, 1, H, W), got {tuple(masks.shape)}")
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real):
+        raise TypeError(f"margin must be a finite fraction >= 0, got {margin!r}")
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite fraction >= 0, got {margin}")
+    # foreground is mask > threshold: at or above 1 nothing is, below 0 everything is
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a finite number in [0, 1), got {threshold!r}")
+    if not 0.0 <= threshold < 1.0:  # also refuses NaN
+        raise ValueError(f"threshold must be a finite number in [0, 1), got {threshold!r}")
     m = masks.float()
+    if m.numel() and bool(m.isnan().any()):
+        raise ValueError("masks hold NaN values; a mask must be in [0, 1] or 0..255")
     if m.numel() and m.max() > 1:
         m = m / 255.0
     fg = m > threshold
@@ -247,15 +270,21 @@ def spectral_residual_saliency(images: Tensor, width: int = 64, sigma: float = 5
 
     Args:
         images: ``(N, C, H, W)`` (C = 1 or 3; RGB is averaged to grey).
-        width: working width in pixels (the paper uses 64).
-        sigma: Gaussian blur in working pixels.
+        width: working width in pixels (the paper uses 64), an int >= 1.
+        sigma: Gaussian blur in working pixels, a finite number > 0.
 
     Returns:
         ``(N, 1, H, W)`` maps upsampled to the input size, min-max normalised to [0, 1].
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a Tensor (N, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[-1] == 0 or images.shape[-2] == 0:
+        raise ValueError(f"images must be (N, C, H, W) with H, W >= 1, got {tuple(images.shape)}")
+    width = check_int(width, "width", "spectral_residual_saliency", low=1)
+    sigma = check_real(sigma, "sigma", "spectral_residual_saliency", low=0.0, low_open=True)
     h, w = images.shape[-2:]
+    if images.shape[0] == 0:
+        return images.new_zeros((0, 1, h, w), dtype=torch.float32)
     grey = images.float().mean(dim=1, keepdim=True)
     wh = (max(8, round(width * h / w)), width)
     grey = F.interpolate(grey, size=wh, mode="bilinear", align_corners=False, antialias=True)
@@ -300,10 +329,9 @@ def boxes_from_saliency(
         raise ValueError(
             f"unknown saliency method {method!r}; choose from {list_saliency_methods()}"
         )
-    if threshold <= 0:
-        raise ValueError(
-            f"threshold must be > 0 (a multiple of the mean saliency), got {threshold}"
-        )
+    threshold = check_real(
+        threshold, "threshold (a multiple of the mean saliency)", low=0.0, low_open=True
+    )
     sal = _SALIENCY[method](images)
     level = sal.flatten(1).mean(dim=1).view(-1, 1, 1, 1) * threshold
     return boxes_from_masks((sal > level).float()[:, 0], margin=margin)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_flag, check_real
+from .boxes import _size
 from .gradcam import minmax_normalize
 
 __all__ = ["class_activation_map", "minmax_maps", "overlay_maps", "upsample_maps"]
@@ -53,7 +55,16 @@ def class_activation_map(features: Tensor, fc_weight: Tensor, class_idx: int | T
             f"class_activation_map: fc_weight has {fc_weight.shape[1]} inputs, fewer than the "
             f"{k} feature channels"
         )
-    idx = torch.as_tensor(class_idx, device=fc_weight.device).long().flatten()
+    if isinstance(class_idx, bool):
+        raise TypeError(
+            f"class_activation_map: class_idx must be an int or int tensor, got {class_idx}"
+        )
+    idx = torch.as_tensor(class_idx, device=fc_weight.device)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(
+            f"class_activation_map: class_idx must hold class indices (int), got dtype {idx.dtype}"
+        )
+    idx = idx.long().flatten()
     if idx.numel() == 1:
         idx = idx.expand(n)
     if idx.numel() != n:
@@ -85,14 +96,17 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     ``align_corners=False``, as the gates and Grad-CAM upsample. Returns ``(N, C, H, W)``.
     """
     maps = _as_nchw(maps, "upsample_maps").float()
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    size = _size(size, "upsample_maps: size")
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def minmax_maps(maps: Tensor, eps: float = 1e-8) -> Tensor:
     """Min-max normalise each ``(n, c)`` map of ``(N, C, h, w)`` (or ``(N, h, w)``) to [0, 1].
 
-    A constant map becomes 0. Returns float32 ``(N, C, h, w)``.
+    A constant map becomes 0. ``eps`` (finite, > 0) bounds the divisor. Returns float32
+    ``(N, C, h, w)``.
     """
+    eps = check_real(eps, "eps", "minmax_maps", low=0.0, low_open=True)
     return minmax_normalize(_as_nchw(maps, "minmax_maps").float(), eps)
 
 
@@ -121,6 +135,10 @@ def overlay_maps(
         >>> overlay_maps({"gates.0": torch.rand(2, 1, 28, 28)}, (224, 224))["gates.0"].shape
         torch.Size([2, 1, 224, 224])
     """
+
+    check_flag(normalize, "normalize", "overlay_maps")
+    check_flag(reduce_channels, "reduce_channels", "overlay_maps")
+    size = _size(size, "overlay_maps: size")
 
     def prepare(m: Tensor) -> Tensor:
         m = _as_nchw(m, "overlay_maps").float()

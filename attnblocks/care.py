@@ -17,13 +17,15 @@ plain model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_flag, check_int, check_real
 from .boxes import box_to_inner_outer, list_outer_weightings
 from .gradcam import (
     capture_activation,
@@ -37,7 +39,15 @@ __all__ = ["CARE", "CAREAttentionLoss", "CAREOutput", "care_attention_loss"]
 _REDUCTIONS = ("sum", "mean", "none")
 
 
+def _check_tau(tau: float, where: str) -> float:
+    # the inner term is a mean attention in [0, 1]: tau >= 1 already removes the cap
+    return check_real(tau, "tau", where, low=0.0, low_open=True)
+
+
 def _check_maps(cam: Tensor, inner: Tensor, outer: Tensor) -> None:
+    for name, t in (("cam", cam), ("inner", inner), ("outer", outer)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if cam.dim() != 4 or cam.shape[1] != 1:
         raise ValueError(f"cam must be (N, 1, H, W), got {tuple(cam.shape)}")
     for name, t in (("inner", inner), ("outer", outer)):
@@ -64,7 +74,8 @@ def care_attention_loss(
         tau: cap of the inner term; once the mean attention in the box exceeds ``tau``, the inner
             term gives no gradient.
         valid: ``(N,)`` bool or float weights; images with False/0 (no box, not a rare class) do
-            not count.
+            not count: their maps are never read, so a NaN there changes neither the loss nor the
+            gradients of the other images.
         reduction: ``"sum"`` over the valid images (the paper's form, default), ``"mean"`` over them,
             or ``"none"`` for the ``(N,)`` per-image terms (zero where not valid).
 
@@ -72,20 +83,26 @@ def care_attention_loss(
         A scalar (``"sum"``/``"mean"``) or ``(N,)`` tensor, float32 (float64 for float64 maps).
     """
     _check_maps(cam, inner, outer)
-    if reduction not in _REDUCTIONS:
+    tau = _check_tau(tau, "care_attention_loss")
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     dtype = torch.promote_types(cam.dtype, torch.float32)
     cam = cam.to(dtype)
-    inside = (cam * inner.to(dtype)).sum(dim=(1, 2, 3))
-    outside = (cam * outer.to(dtype)).sum(dim=(1, 2, 3))
-    per_image = -torch.clamp(inside, max=tau) + outside
+    inner, outer = inner.to(dtype), outer.to(dtype)
     if valid is not None:
         weight = torch.as_tensor(valid, device=cam.device).to(dtype).view(-1)
         if weight.numel() != cam.shape[0]:
             raise ValueError(f"valid must hold one flag per image ({cam.shape[0]}), got {weight}")
-        per_image = per_image * weight
+        # select, not multiply: a NaN map of an image that does not count stays out of the sums
+        keep = (weight != 0).view(-1, 1, 1, 1)
+        cam = torch.where(keep, cam, 0.0)
+        inner = torch.where(keep, inner, 0.0)
+        outer = torch.where(keep, outer, 0.0)
     else:
-        weight = torch.ones_like(per_image)
+        weight = torch.ones(cam.shape[0], dtype=dtype, device=cam.device)
+    inside = (cam * inner).sum(dim=(1, 2, 3))
+    outside = (cam * outer).sum(dim=(1, 2, 3))
+    per_image = (-torch.clamp(inside, max=tau) + outside) * weight
     if reduction == "none":
         return per_image
     if reduction == "mean":
@@ -98,8 +115,9 @@ class CAREAttentionLoss(nn.Module):
     classification loss, ``(1 - mix) * cls_loss + mix * L_care``.
 
     Args:
-        tau: cap of the inner term (default 0.5).
-        mix: weight of the attention term in the convex mix (default 0.01).
+        tau: cap of the inner term (default 0.5), a finite number > 0 (the inner term is a mean
+            attention in [0, 1], so ``tau >= 1`` is no cap).
+        mix: weight of the attention term in the convex mix (default 0.01), in [0, 1].
         reduction: how the per-image terms combine (``"sum"``, the paper's, by default).
 
     Shapes: ``cam``, ``inner``, ``outer``: ``(N, 1, H, W)``; ``valid``: ``(N,)``; ``cls_loss``: scalar.
@@ -115,13 +133,11 @@ class CAREAttentionLoss(nn.Module):
 
     def __init__(self, tau: float = 0.5, mix: float = 0.01, reduction: str = "sum") -> None:
         super().__init__()
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        if not 0.0 <= mix <= 1.0:
-            raise ValueError(f"mix must lie in [0, 1], got {mix}")
-        if reduction not in _REDUCTIONS:
+        tau = _check_tau(tau, "CAREAttentionLoss")
+        mix = check_real(mix, "mix", "CAREAttentionLoss", low=0.0, high=1.0)
+        if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.tau, self.mix, self.reduction = float(tau), float(mix), reduction
+        self.tau, self.mix, self.reduction = tau, mix, reduction
 
     def forward(
         self,
@@ -201,6 +217,16 @@ class CARE:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        for flag, value in (
+            ("clip_boxes", clip_boxes),
+            ("detach_weights", detach_weights),
+            ("enabled", enabled),
+        ):
+            check_flag(value, flag, "CARE")
+        if criterion is not None and not callable(criterion):
+            raise TypeError(
+                f"CARE: criterion must be a callable (logits, targets) -> loss, got {criterion!r}"
+            )
         if target_layer is None:
             target_layer = default_target_layer(model)
         self.layer_name, self.layer = resolve_layer(model, target_layer)
@@ -208,11 +234,13 @@ class CARE:
             raise ValueError(f"unknown outer weighting {outer!r}; choose {list_outer_weightings()}")
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
-        rare = [int(c) for c in rare_classes]
+        if num_classes is not None:
+            num_classes = check_int(num_classes, "num_classes", "CARE", low=1)
+        rare = self._rare_list(rare_classes)
         if len(set(rare)) != len(rare):
             raise ValueError(f"rare_classes has duplicates: {rare}")
         if num_classes is not None:
-            self._check_rare(rare, int(num_classes))
+            self._check_rare(rare, num_classes)
         self.model = model
         self.rare_classes = rare
         self.num_classes = num_classes
@@ -222,6 +250,25 @@ class CARE:
         self.clip_boxes = clip_boxes
         self.detach_weights = detach_weights
         self.enabled = enabled
+
+    @staticmethod
+    def _rare_list(rare_classes: object) -> list[int]:
+        accepts = "a sequence of class indices (ints), e.g. [2] or (0, 2)"
+        if isinstance(rare_classes, Tensor):
+            if rare_classes.is_floating_point() or rare_classes.dtype == torch.bool:
+                raise TypeError(
+                    f"CARE: rare_classes must be {accepts}, got a {rare_classes.dtype} tensor"
+                )
+            rare_classes = rare_classes.flatten().tolist()
+        if isinstance(rare_classes, (str, bytes)) or not isinstance(rare_classes, Iterable):
+            raise TypeError(f"CARE: rare_classes must be {accepts}, got {rare_classes!r}")
+        rare = list(rare_classes)
+        for c in rare:
+            if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+                raise TypeError(
+                    f"CARE: rare_classes must be {accepts}, got the entry {c!r} in {rare!r}"
+                )
+        return [int(c) for c in rare]
 
     @staticmethod
     def _check_rare(rare: list[int], num_classes: int) -> None:

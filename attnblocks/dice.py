@@ -11,7 +11,9 @@ with the sums over the whole batch tensor (the paper's form) or per image and av
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +24,11 @@ __all__ = ["DiceAttentionRegularizer", "soft_dice"]
 _DICE_REDUCTIONS = ("batch", "image")
 
 
-def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
-    """(N, 1, H, W) float32 mask in [0, 1] from bool, {0, 1}/{0, 255} uint8 or [0, 1] float."""
+def _mask_to_float(mask: Tensor, batch: int, keep: Tensor | None = None) -> Tensor:
+    """(N, 1, H, W) float32 mask in [0, 1] from bool, {0, 1}/{0, 255} uint8 or [0, 1] float.
+
+    ``keep`` ``(N,)`` bool: the samples whose float masks are checked (the others are never read).
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(
             f"DiceAttentionRegularizer: masks must be a Tensor, got {type(mask).__name__}"
@@ -48,19 +53,57 @@ def _mask_to_float(mask: Tensor, batch: int) -> Tensor:
                 "DiceAttentionRegularizer: uint8 masks must hold {0, 1} or {0, 255}, got values "
                 f"{mask.unique()[:10].tolist()}"
             )
-        scale = torch.where(mask.amax() > 1, 255.0, 1.0)
+        scale = torch.where((mask > 1).any(), 255.0, 1.0)  # also for a batch of 0
         return mask.float() / scale
     if mask.is_floating_point():
         mask = mask.float()
-        if check and bool(((mask < 0) | (mask > 1) | mask.isnan()).any()):
-            raise ValueError(
-                "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} masks "
-                f"by 255), got min {mask.min().item():g}, max {mask.max().item():g}"
+        if check:
+            seen = (
+                mask
+                if keep is None
+                else torch.where(keep.to(mask.device).view(-1, 1, 1, 1), mask, 0.0)
             )
+            if bool(((seen < 0) | (seen > 1) | seen.isnan()).any()):
+                raise ValueError(
+                    "DiceAttentionRegularizer: float masks must lie in [0, 1] (divide {0, 255} "
+                    f"masks by 255), got min {seen.min().item():g}, max {seen.max().item():g}"
+                )
         return mask
     raise TypeError(
         f"DiceAttentionRegularizer: masks must be bool, uint8 or float, got dtype {mask.dtype}"
     )
+
+
+def _check_eps(eps: float, where: str) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{where}: eps must be a float >= 0, got {eps!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{where}: eps must be a finite float >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_reduction(reduction: str, where: str) -> None:
+    if not isinstance(reduction, str) or reduction not in _DICE_REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {_DICE_REDUCTIONS}, got {reduction!r}")
+
+
+def _valid_weights(valid: Tensor | None, batch: int, device: torch.device, where: str) -> Tensor:
+    """``(N,)`` float32 sample weights from ``valid`` (None: all ones)."""
+    if valid is None:
+        return torch.ones(batch, device=device)
+    try:
+        w = torch.as_tensor(valid, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: valid must be a bool or float tensor, got {valid!r}") from err
+    if w.is_complex():
+        raise TypeError(f"{where}: valid must be bool or float, got dtype {w.dtype}")
+    w = w.flatten()
+    if w.numel() != batch:
+        raise ValueError(
+            f"{where}: valid must hold one flag per sample ({batch}), got shape "
+            f"{tuple(torch.as_tensor(valid).shape)}"
+        )
+    return w.to(torch.float32)
 
 
 def soft_dice(
@@ -75,31 +118,46 @@ def soft_dice(
     Args:
         attn: ``(N, 1, h, w)`` maps in [0, 1] (sigmoid-normalised).
         mask: ``(N, 1, h, w)`` float masks in [0, 1] (already at the maps' size).
-        valid: ``(N,)`` bool or float weights; samples with 0 contribute nothing. ``None``: all.
+        valid: ``(N,)`` bool or float weights >= 0; samples with 0 contribute nothing: their map
+            and mask are never read, so a NaN or inf there changes neither the Dice nor any
+            gradient. ``None``: all samples count.
         reduction: ``"batch"`` (default; one Dice over the whole batch tensor, as AttnMel) or
             ``"image"`` (Dice per image, averaged over the valid images).
-        eps: added to the denominator.
+        eps: added to the denominator (finite, >= 0).
 
     Returns:
-        float32 scalar Dice in [0, 1]; 0 when no sample is valid.
+        float32 scalar Dice in [0, 1]; 0 when no sample is valid, and for a batch of 0 samples.
     """
-    if reduction not in _DICE_REDUCTIONS:
+    _check_reduction(reduction, "soft_dice")
+    eps = _check_eps(eps, "soft_dice")
+    for name, t in (("attn", attn), ("mask", mask)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"soft_dice: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"soft_dice: {name} must be (N, C, h, w), got {tuple(t.shape)}")
+    if attn.shape != mask.shape:
         raise ValueError(
-            f"soft_dice: reduction must be one of {_DICE_REDUCTIONS}, got {reduction!r}"
+            f"soft_dice: attn {tuple(attn.shape)} and mask {tuple(mask.shape)} must have the same "
+            "shape (pool the mask to the map's size first)"
         )
-    a = attn.float()
-    m = mask.float()
-    if valid is None:
-        w = torch.ones(a.shape[0], device=a.device)
-    else:
-        w = valid.to(device=a.device, dtype=torch.float32).flatten()
+    w = _valid_weights(valid, attn.shape[0], attn.device, "soft_dice")
+    keep = (w != 0).view(-1, 1, 1, 1)
+    # select, not multiply: an excluded sample's NaN/inf must not reach the sums or the gradients
+    a = torch.where(keep, attn.float(), 0.0)
+    m = torch.where(keep, mask.float().to(a.device), 0.0)
     w4 = w.view(-1, 1, 1, 1)
     inter = (a * m * w4).sum(dim=(1, 2, 3))
     total = ((a + m) * w4).sum(dim=(1, 2, 3))
     if reduction == "batch":
-        return 2 * inter.sum() / (total.sum() + eps)
-    per_image = 2 * inter / (total + eps)
-    return (per_image * w).sum() / w.sum().clamp_min(eps)
+        return 2 * inter.sum() / _nonzero(total.sum() + eps)
+    per_image = 2 * inter / _nonzero(total + eps)
+    return (per_image * w).sum() / _nonzero(w.sum())
+
+
+def _nonzero(den: Tensor) -> Tensor:
+    """``den`` with 0 replaced by 1: a sum over nothing (no valid sample, empty masks and maps
+    with ``eps=0``) gives a Dice of 0, never 0/0."""
+    return torch.where(den == 0, torch.ones_like(den), den)
 
 
 class DiceAttentionRegularizer(nn.Module):
@@ -114,16 +172,23 @@ class DiceAttentionRegularizer(nn.Module):
             pool-4 gates.
         reduction: ``"batch"`` (default; Dice over the whole batch tensor, the paper's form) or
             ``"image"`` (Dice per image, averaged over the valid images).
-        eps: added to the Dice denominator.
+        eps: added to the Dice denominator (finite, >= 0).
+
+    Raises:
+        TypeError: ``weights`` is not a sequence of numbers (a bool is not a number here).
+        ValueError: no weight, a weight that is negative, NaN or inf; an unknown ``reduction``; an
+            ``eps`` that is negative, NaN or inf.
 
     Forward:
         maps: sequence of ``(N, 1, h_i, w_i)`` maps in [0, 1] (one per weight), e.g. the list from
             ``AttentionGatedNet.forward_with_attention``.
         masks: ``(N, 1, H, W)`` or ``(N, H, W)``; bool, uint8 in {0, 1} or {0, 255}, or float in
             [0, 1].
-        valid: ``(N,)`` bool/float: which samples have a mask. Samples with ``False`` contribute
-            nothing (they are not counted as empty masks); with no valid sample the loss is 0,
-            still connected to the maps' graph.
+        valid: ``(N,)`` bool/float: which samples have a mask. Samples with ``False`` (0)
+            contribute nothing: they are not counted as empty masks, and their maps are never read,
+            so a NaN or inf map there leaves the loss and the other samples' gradients exactly as
+            without that sample. With no valid sample, and for a batch of 0 samples, the loss is
+            0, still connected to the maps' graph (``loss.backward()`` works), in both reductions.
 
     Returns:
         float32 scalar.
@@ -143,25 +208,36 @@ class DiceAttentionRegularizer(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        where = "DiceAttentionRegularizer"
+        if isinstance(weights, Tensor):
+            weights = weights.detach().flatten().tolist()
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+            raise TypeError(
+                f"{where}: weights must be a sequence of numbers (one per map), got {weights!r}"
+            )
+        for w in weights:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real):
+                raise TypeError(f"{where}: weights must be numbers, got {w!r} in {weights!r}")
         weights = tuple(float(w) for w in weights)
-        if not weights or any(w < 0 for w in weights):
+        if not weights or any(not (math.isfinite(w) and w >= 0) for w in weights):
             raise ValueError(
-                f"DiceAttentionRegularizer: weights must be one or more numbers >= 0, got {weights}"
+                f"{where}: weights must be one or more finite numbers >= 0, got {weights}"
             )
-        if reduction not in _DICE_REDUCTIONS:
-            raise ValueError(
-                f"DiceAttentionRegularizer: reduction must be one of {_DICE_REDUCTIONS}, "
-                f"got {reduction!r}"
-            )
+        _check_reduction(reduction, where)
         self.weights = weights
         self.reduction = reduction
-        self.eps = eps
+        self.eps = _check_eps(eps, where)
 
     def forward(
         self, maps: Sequence[Tensor] | Tensor, masks: Tensor, valid: Tensor | None = None
     ) -> Tensor:
         if isinstance(maps, Tensor):
             maps = [maps]
+        if isinstance(maps, (str, bytes)) or not isinstance(maps, Iterable):
+            raise TypeError(
+                "DiceAttentionRegularizer: maps must be a Tensor or a sequence of Tensors (one per "
+                f"weight), got {type(maps).__name__}"
+            )
         maps = list(maps)
         if len(maps) != len(self.weights):
             raise ValueError(
@@ -180,22 +256,16 @@ class DiceAttentionRegularizer(nn.Module):
                     f"{maps[0].shape[0]}"
                 )
         batch = maps[0].shape[0]
-        m = _mask_to_float(masks, batch).to(maps[0].device)
-        if valid is not None:
-            valid = torch.as_tensor(valid, device=m.device).flatten()
-            if valid.numel() != batch:
-                raise ValueError(
-                    f"DiceAttentionRegularizer: valid must hold one flag per sample ({batch}), "
-                    f"got shape {tuple(valid.shape)}"
-                )
-            any_valid = valid.float().sum() > 0
-        else:
-            any_valid = torch.ones((), dtype=torch.bool, device=m.device)
+        w = _valid_weights(valid, batch, maps[0].device, "DiceAttentionRegularizer")
+        keep = None if valid is None else w != 0
+        m = _mask_to_float(masks, batch, keep).to(maps[0].device)
+        # no valid sample (an all-invalid batch or a batch of 0): the loss is 0, with a gradient
+        # path to the maps; decided on the device, without a host sync
+        any_valid = w.sum() > 0
         loss = torch.zeros((), device=m.device)
         for weight, a in zip(self.weights, maps, strict=True):
             pooled = F.adaptive_avg_pool2d(m, a.shape[-2:])
-            dice = soft_dice(a, pooled, valid, self.reduction, self.eps)
-            # no valid sample: 0 with a (zero) gradient path instead of a spurious 1 - 0
+            dice = soft_dice(a, pooled, w, self.reduction, self.eps)
             loss = loss + weight * torch.where(any_valid, 1 - dice, dice * 0)
         return loss
 

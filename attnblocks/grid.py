@@ -98,16 +98,18 @@ class GridAttentionGate(nn.Module):
             ("gate_channels", gate_channels),
             ("inter_channels", inter_channels),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"GridAttentionGate: {name} must be a positive int, got {value!r}")
+            if value < 1:
                 raise ValueError(f"GridAttentionGate: {name} must be a positive int, got {value!r}")
-        if normalization not in _GATE_NORMALIZATIONS:
+        if not isinstance(normalization, str) or normalization not in _GATE_NORMALIZATIONS:
             raise ValueError(
                 f"GridAttentionGate: unknown normalization {normalization!r}; "
                 f"expected one of {list_gate_normalizations()}"
             )
         norm_fn, default_aggregation = _GATE_NORMALIZATIONS[normalization]
         aggregation = default_aggregation if aggregation is None else aggregation
-        if aggregation not in _AGGREGATIONS:
+        if not isinstance(aggregation, str) or aggregation not in _AGGREGATIONS:
             raise ValueError(
                 f"GridAttentionGate: unknown aggregation {aggregation!r}; "
                 f"expected one of {list_gate_aggregations()}"
@@ -145,6 +147,10 @@ class GridAttentionGate(nn.Module):
             if x.dim() != 4:
                 raise ValueError(
                     f"GridAttentionGate: {name} must be 4D (N, C, H, W), got shape {tuple(x.shape)}"
+                )
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"GridAttentionGate: {name} must be a float tensor (features), got {x.dtype}"
                 )
             if x.shape[1] != channels:
                 raise ValueError(

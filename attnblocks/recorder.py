@@ -8,7 +8,7 @@ is the small built-in consumer of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -35,7 +35,7 @@ def attention_taps(model: nn.Module) -> dict[str, nn.Module]:
 
 @contextmanager
 def record_attention(
-    model: nn.Module, *, detach: bool = True, include: list[str] | None = None
+    model: nn.Module, *, detach: bool = True, include: list[str] | str | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the attention maps produced while the context is open.
 
@@ -46,10 +46,13 @@ def record_attention(
     Args:
         model: any module containing attnblocks attention modules.
         detach: detach the recorded maps from the autograd graph.
-        include: only record these owners (names as returned by :func:`attention_taps`).
+        include: only record these owners (names as returned by :func:`attention_taps`; one
+            name as a str is one owner).
 
     Raises:
-        ValueError: if ``model`` has no attention tap, or ``include`` names an unknown owner.
+        ValueError: if ``model`` has no attention tap, ``include`` names an unknown owner, or is
+            empty (it would record nothing).
+        TypeError: ``model`` is not a module, ``detach`` not a bool.
 
     Example:
         >>> import timm, torch, attnblocks as ab
@@ -59,6 +62,22 @@ def record_attention(
         >>> maps["layer1.0"].shape
         torch.Size([1, 64, 16, 16])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"record_attention: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(detach, bool):
+        raise TypeError(f"record_attention: detach must be True or False, got {detach!r}")
+    if isinstance(include, str):  # one owner, as ARLWrapper(blocks="layer4") takes one name
+        include = [include]
+    if include is not None:
+        if not isinstance(include, Iterable):
+            raise TypeError(
+                f"record_attention: include must be a list of owner names, got {include!r}"
+            )
+        include = list(include)
+        if not include:
+            raise ValueError(
+                "record_attention: include=[] records nothing; pass None to record every tap"
+            )
     taps = attention_taps(model)
     if not taps:
         raise ValueError(

@@ -155,10 +155,21 @@ def test_checkpoint_errors(tmp_path):
     assert "layer1.2.conv1.weight" in report.unexpected
     wide = timm.create_model("wide_resnet50_2", num_classes=2)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    narrow = ab.ARLWrapper(timm.create_model("resnet50", num_classes=2))
     with pytest.raises(ValueError, match="shape mismatch.*layer1.0.conv1.weight"):
-        ab.load_checkpoint(
-            ab.ARLWrapper(timm.create_model("resnet50", num_classes=2)), tmp_path / "wide.pth"
-        )
+        ab.load_checkpoint(narrow, tmp_path / "wide.pth")
+    # strict=False skips the tensors of another shape, loads the rest and reports both
+    report = ab.load_checkpoint(narrow, tmp_path / "wide.pth", strict=False)
+    assert report.mismatched["layer1.0.conv2.weight"] == ((128, 128, 3, 3), (64, 64, 3, 3))
+    assert "conv1.weight" in report.loaded and "layer1.0.conv2.weight" not in report.loaded
+    assert torch.equal(narrow.conv1.weight, wide.conv1.weight)
+    # a Lightning-style checkpoint needs prefix=; without it nothing fits, which is an error
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in other.state_dict().items()}}, tmp_path / "l.ckpt"
+    )
+    with pytest.raises(ValueError, match=r"no tensor of .*l\.ckpt fits .*prefix='net\.'"):
+        ab.load_checkpoint(arl, tmp_path / "l.ckpt", strict=False)
+    assert ab.load_checkpoint(arl, tmp_path / "l.ckpt", strict=False, prefix="net").loaded
     torch.save([1, 2], tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         ab.load_checkpoint(arl, tmp_path / "junk.pt")

@@ -82,9 +82,9 @@ def test_convex_mix() -> None:
 
 def test_loss_errors() -> None:
     inner, outer = _maps()
-    with pytest.raises(ValueError, match="tau must be > 0"):
+    with pytest.raises(ValueError, match=r"tau must be a finite number > 0, got 0"):
         ab.CAREAttentionLoss(tau=0)
-    with pytest.raises(ValueError, match=r"mix must lie in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"mix must be a finite number in \[0, 1\], got 1.5"):
         ab.CAREAttentionLoss(mix=1.5)
     with pytest.raises(ValueError, match="reduction"):
         ab.CAREAttentionLoss(reduction="max")

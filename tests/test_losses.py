@@ -107,7 +107,7 @@ def test_focal_bad_input():
         ab.focal_loss(logits, torch.tensor([0, 1, 2, 0]), alpha=[0.5, 0.5])
     with pytest.raises(ValueError, match=r"float alpha .* 2 classes"):
         ab.focal_loss(logits, torch.tensor([0, 1, 2, 0]), alpha=0.25)
-    with pytest.raises(ValueError, match=r"gamma must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"FocalLoss: gamma must be a finite number >= 0, got -1"):
         ab.FocalLoss(gamma=-1)
     with pytest.raises(ValueError, match=r"reduction must be one of .* got 'avg'"):
         ab.FocalLoss(reduction="avg")
@@ -227,6 +227,16 @@ def test_valid_excludes_samples_and_no_valid_gives_zero_with_grad():
         assert zero.item() == 0.0 and zero.requires_grad
         grads = torch.autograd.grad(zero, maps)
         assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+        # a batch of 0 samples is the same case: 0 with a graph, not 1 - 0
+        none = [m[:0] for m in maps]
+        empty = reg_r(none, masks[:0])
+        assert empty.item() == 0.0 and empty.requires_grad
+        empty.backward()
+    # a NaN map of an excluded sample changes nothing
+    broken = [m.detach().clone() for m in maps]
+    for m in broken:
+        m[1] = float("nan")
+    torch.testing.assert_close(reg(broken, masks, valid=valid), expected)
 
 
 def test_empty_masks_are_finite():
@@ -258,7 +268,9 @@ def test_dice_bad_input():
         reg(maps, torch.zeros(2, 8, 8), valid=torch.ones(3, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"bool, uint8 or float, got dtype torch.int64"):
         reg(maps, torch.zeros(2, 8, 8, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"weights must be one or more numbers >= 0"):
+    with pytest.raises(
+        ValueError, match=r"weights must be one or more finite numbers >= 0, got \(-1.0,\)"
+    ):
         ab.DiceAttentionRegularizer(weights=(-1.0,))
     with pytest.raises(ValueError, match=r"reduction must be one of"):
         ab.DiceAttentionRegularizer(reduction="mean")
