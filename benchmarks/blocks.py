@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge-backend",
         default=None,
         choices=merge.list_merge_backends(),
-        help="default: compiled on CUDA, the library's default (native) on CPU",
+        help="default: the library's (native: Triton on CUDA, fused C++ on CPU)",
     )
     p.add_argument("--shrink", type=int, default=None, help="divide C and H, W (quick: 8)")
     p.add_argument("--warmup", type=int, default=None)
@@ -252,9 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "batch_sizes": [2] if quick else [32, 64, 128],
         "dtypes": ["fp32"] if quick else ["fp32", "bf16", "fp16"],
         "channels_last": [False] if quick else [False, True],
-        "merge_backend": (
-            "compiled" if device.type == "cuda" and not quick else merge.get_merge_backend()
-        ),
+        "merge_backend": merge.get_merge_backend(),
         "shrink": 8 if quick else 1,
         "rounds": 2 if quick else 5,
         "min_run_time": 0.005 if quick else 0.2,
