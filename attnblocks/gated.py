@@ -387,14 +387,15 @@ class AttentionGatedNet(nn.Module):
                 f"least {m}x{m} pixels"
             )
 
-    def _all_stages(self, x: Tensor) -> list[Tensor]:
-        """Every stage of ``feature_info``, in order."""
+    def _all_stages(self, x: Tensor, norm: bool = False) -> list[Tensor]:
+        """Every stage of ``feature_info``, in order (``norm``: see timm's
+        ``forward_intermediates``; VGG and ``features_only`` backbones have no final norm)."""
         if self._features_only:
             return list(self.backbone(x))
         if isinstance(self.backbone, PooledVGGFeatures):
             return self.backbone.forward_stages(x)
         return self.backbone.model.forward_intermediates(
-            x, indices=list(range(self.global_stage + 1)), intermediates_only=True
+            x, indices=list(range(self.global_stage + 1)), norm=norm, intermediates_only=True
         )
 
     def _head_map(self, feats: Sequence[Tensor], positions: Sequence[int]) -> tuple[Tensor, list]:
@@ -432,12 +433,13 @@ class AttentionGatedNet(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """The stages ``indices`` of ``feature_info`` (an int ``n``: the last ``n``; ``None``: all)
-        and, unless ``intermediates_only``, ``forward_features``' map, as in timm."""
+        and, unless ``intermediates_only``, ``forward_features``' map, as in timm. All stages up to
+        the global one are computed (``stop_early`` changes nothing: the head needs them)."""
         if output_fmt != "NCHW":
             raise ValueError(f"AttentionGatedNet: output_fmt must be 'NCHW', got {output_fmt!r}")
         self._check_input(x)
         take, _ = feature_take_indices(len(self.feature_info), indices)
-        stages = self._all_stages(x)
+        stages = self._all_stages(x, norm)
         intermediates = [stages[i] for i in take]
         if intermediates_only:
             return intermediates

@@ -54,13 +54,21 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "attnmel_vgg16": _attnmel,
 }
 GATED = ("gated_resnet18", "attnmel_vgg16")
+# resnet14 is arl_cnn14 without the ARL forward, and ARLWrapper'd timm ResNets are tested at length
+# in test_arl_api.py: by default they run the default_cfg and Grad-CAM checks only
+REPEATS = ("resnet14", "arl_resnet18")
+
+
+def _slow_for(*slow: str) -> list:
+    """All model names, those in ``slow`` marked slow (same code path as another one)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in MODELS]
 
 
 def _x(batch: int, size: int = SIZE) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", _slow_for(*REPEATS))
 def test_forward_and_grad_checkpointing(name):
     model = MODELS[name]().eval()
     x = _x(1)
@@ -71,7 +79,7 @@ def test_forward_and_grad_checkpointing(name):
         torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", _slow_for(*REPEATS))
 def test_backward_reaches_every_parameter(name):
     model = MODELS[name](num_classes=42).train()
     out = model(_x(2))
@@ -129,7 +137,7 @@ def _check_stages(outputs, info: FeatureInfo, batch: int, size: int) -> None:
         assert not o.isnan().any()
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in GATED])
+@pytest.mark.parametrize("name", [n for n in _slow_for(*REPEATS) if n not in GATED])
 @pytest.mark.parametrize("feature_cls", ["list", "getter"])
 def test_features_only(name, feature_cls):
     if name == "arl_resnet18":  # ARLWrapper converts a features_only model
@@ -148,7 +156,7 @@ def test_features_only(name, feature_cls):
         assert picked.feature_info.channels() == [256, 1024]  # bottleneck widths of ResNet-14
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", _slow_for(*REPEATS))
 def test_forward_intermediates(name):
     model = MODELS[name]().eval()
     info = FeatureInfo(model.feature_info, len(model.feature_info))
@@ -187,12 +195,7 @@ def _fx_model(model: nn.Module, train: bool) -> nn.Module:
     ).train(train)
 
 
-def _slow_for(*slow: str) -> list:
-    """All model names, those in ``slow`` marked slow (same code path as another one)."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in MODELS]
-
-
-@pytest.mark.parametrize("name", _slow_for("resnet14", "arl_resnet18"))
+@pytest.mark.parametrize("name", _slow_for(*REPEATS))
 def test_fx_forward_and_backward(name):
     model = MODELS[name](num_classes=42).eval()
     x = _x(2)
@@ -312,6 +315,15 @@ def test_gated_group_matcher_gives_layer_decay_groups():
     last_block = scale[id(net.backbone.model.layer4[1].conv2.weight)]
     head = {scale[id(p)] for p in [*net.branches.parameters(), *net.classifier.parameters()]}
     assert head == {1.0} and stem < last_block < 1.0
+    # the backbone's own groups: stem, then one per block (8 in a ResNet-18), then gates + head
+    assert len(set(scale.values())) == 10
+    layer4 = net.backbone.model.layer4[1]
+    assert scale[id(layer4.conv1.weight)] == scale[id(layer4.bn2.bias)] == last_block
+    coarse = net.group_matcher(coarse=True)
+    assert coarse("backbone.model.layer3.0.conv1.weight") == coarse(
+        "backbone.model.layer3.1.bn2.bias"
+    )
+    assert coarse("branches.0.psi.weight") == coarse("classifier.bias") == (math.inf,)
 
 
 def test_gated_grad_checkpointing_keeps_gradients(attnmel):
