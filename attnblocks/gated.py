@@ -20,8 +20,9 @@ from typing import Any
 import timm
 import torch
 from timm.layers import SelectAdaptivePool2d
-from timm.models import is_model_in_modules
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, is_model_in_modules, register_model
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import Tensor, nn
 
 from ._tracing import is_symbolic_tracing
@@ -475,6 +476,26 @@ def _check_num_classes(num_classes: int, global_pool: str) -> None:
         )
 
 
+# read by timm's register_model: timm.create_model("attnmel_vgg16") once attnblocks is imported
+default_cfgs = generate_default_cfgs(
+    {
+        "attnmel_vgg16": {
+            **timm.models.get_pretrained_cfg("vgg16_bn").to_dict(),
+            "architecture": "attnmel_vgg16",
+            "url": "",
+            "hf_hub_id": None,
+            "tag": None,
+            "num_classes": 2,
+            "first_conv": "backbone.model.features.0",
+            "classifier": "classifier",
+            "pool_size": (7, 7),
+            "min_input_size": (3, 32, 32),
+        }
+    }
+)
+
+
+@register_model
 def attnmel_vgg16(
     num_classes: int = 2,
     *,
@@ -482,6 +503,12 @@ def attnmel_vgg16(
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     normalization: str = "sigmoid",
+    pretrained_cfg: dict[str, Any] | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    feature_cls: str | None = None,
     **kwargs: Any,
 ) -> AttentionGatedNet:
     """AttnMel-CNN (Yan et al., IPMI 2019) as published: VGG-16-BN with gates on pool-3 and pool-4.
@@ -490,16 +517,29 @@ def attnmel_vgg16(
     (512 ch, stride 32); classifier = one Linear over
     ``concat[GAP(pool-5), attended-3, attended-4]`` (1280 features). ``head="gap_concat"`` gives the
     paper's Mel-CNN ablation (the same 1280 features without attention) and ``head="gap"`` the
-    VGG-16-GAP baseline (512 features).
+    VGG-16-GAP baseline (512 features). ``timm.create_model("attnmel_vgg16", ...)`` builds the
+    same network once ``attnblocks`` is imported.
 
     Args:
-        num_classes: classifier outputs. Default 2.
+        num_classes: classifier outputs. Default 2 (0: none, as in timm).
         head, normalization: see :class:`AttentionGatedNet`.
         pretrained: timm's ImageNet ``vgg16_bn`` weights (needs network access).
         weights: a local VGG-16-BN checkpoint instead (timm or torchvision layout).
-        **kwargs: more :class:`AttentionGatedNet` arguments (``drop_rate``, ``device``, ...).
+        pretrained_cfg, pretrained_cfg_overlay: replace / update ``pretrained_cfg`` (timm's).
+        cache_dir: download folder of ``pretrained`` weights (timm's).
+        features_only: return timm's ``FeatureGetterNet`` over ``forward_intermediates``: the
+            stages ``out_indices`` (default all: pool-1 ... pool-5) as a list. ``feature_cls``
+            may only be ``None`` or ``"getter"``.
+        **kwargs: more :class:`AttentionGatedNet` arguments (``drop_rate``, ``global_pool``,
+            ``device``, ...).
     """
-    return AttentionGatedNet(
+    if features_only and feature_cls not in (None, "getter"):
+        raise ValueError(
+            f"attnmel_vgg16: features_only supports feature_cls='getter' only, got {feature_cls!r}"
+        )
+    if cache_dir is not None:
+        kwargs["backbone_kwargs"] = {**kwargs.get("backbone_kwargs", {}), "cache_dir": cache_dir}
+    net = AttentionGatedNet(
         "vgg16_bn",
         gate_stages=(2, 3),
         num_classes=num_classes,
@@ -509,3 +549,12 @@ def attnmel_vgg16(
         normalization=normalization,
         **kwargs,
     )
+    cfg = dict(pretrained_cfg) if pretrained_cfg is not None else {**net.pretrained_cfg}
+    cfg.update({"architecture": "attnmel_vgg16", **(pretrained_cfg_overlay or {})})
+    net.pretrained_cfg = net.default_cfg = cfg
+    if not features_only:
+        return net
+    indices = list(range(len(net.feature_info))) if out_indices is None else list(out_indices)
+    feats = FeatureGetterNet(net, out_indices=indices)
+    feats.pretrained_cfg = feats.default_cfg = pretrained_cfg_for_features(cfg)
+    return feats

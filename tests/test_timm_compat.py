@@ -39,19 +39,14 @@ def _gated_resnet18(**kw):
     return ab.AttentionGatedNet("resnet18", (2, 3), **kw)
 
 
-def _attnmel(**kw):
-    if kw.pop("features_only", False):
-        raise NotImplementedError
-    return ab.attnmel_vgg16(**kw)
-
-
-# name -> factory(**timm kwargs); the builders go through timm.create_model, as a timm user would
+# name -> factory(**timm kwargs); the registered builders go through timm.create_model, as a timm
+# user would
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "arl_cnn14": lambda **kw: timm.create_model("arl_cnn14", **kw),
     "resnet14": lambda **kw: timm.create_model("arl_cnn14_plain", **kw),
     "arl_resnet18": _arl_resnet18,
     "gated_resnet18": _gated_resnet18,
-    "attnmel_vgg16": _attnmel,
+    "attnmel_vgg16": lambda **kw: timm.create_model("attnmel_vgg16", **kw),
 }
 GATED = ("gated_resnet18", "attnmel_vgg16")
 # resnet14 is arl_cnn14 without the ARL forward, and ARLWrapper'd timm ResNets are tested at length
@@ -156,6 +151,18 @@ def test_features_only(name, feature_cls):
         assert picked.feature_info.channels() == [256, 1024]  # bottleneck widths of ResNet-14
 
 
+def test_attnmel_features_only_is_timms_getter_over_its_stages():
+    feats = timm.create_model("attnmel_vgg16", features_only=True).eval()
+    assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+    with torch.no_grad():
+        _check_stages(feats(_x(1)), feats.feature_info, 1, SIZE)
+    assert "classifier" not in feats.pretrained_cfg and feats.default_cfg["input_size"][1] == 224
+    picked = timm.create_model("attnmel_vgg16", features_only=True, out_indices=(2, 4))
+    assert picked.feature_info.channels() == [256, 512]
+    with pytest.raises(ValueError, match=r"feature_cls='getter' only, got 'hook'"):
+        timm.create_model("attnmel_vgg16", features_only=True, feature_cls="hook")
+
+
 @pytest.mark.parametrize("name", _slow_for(*REPEATS))
 def test_forward_intermediates(name):
     model = MODELS[name]().eval()
@@ -249,6 +256,10 @@ def test_builders_load_state_dicts_of_the_direct_resnet_construction():
     with pytest.raises(ValueError, match=r"arl_cnn14 has no pretrained weights"):
         timm.create_model("arl_cnn14", pretrained=True)
     assert timm.list_models("arl_cnn*") == ["arl_cnn14", "arl_cnn14_plain", "arl_cnn50"]
+    assert timm.list_models("attnmel*") == ["attnmel_vgg16"]
+    assert timm.list_models(["arl*", "attnmel*"], pretrained=True) == []  # no weights claimed
+    overlay = timm.create_model("attnmel_vgg16", pretrained_cfg_overlay={"crop_pct": 1.0})
+    assert overlay.pretrained_cfg["crop_pct"] == 1.0
     m50 = timm.create_model("arl_cnn50", num_classes=3)
     assert m50.fc.out_features == 3 and len(m50.alphas()) == 16
 
