@@ -195,7 +195,7 @@ class AttentionGatedNet(nn.Module):
             all_channels = list(model.feature_info.channels())
             self._positions = out_indices
             channels = [all_channels[i] for i in out_indices]
-            info = [dict(d) for d in model.feature_info.get_dicts()]
+            info = [dict(d) for d in model.feature_info.get_dicts()[: g_idx + 1]]
             for d in info:
                 d["module"] = self._module_name(model, "backbone.", str(d.get("module", "")))
         else:

@@ -318,6 +318,22 @@ def test_gated_reset_classifier_and_pooling():
         net.reset_classifier(1.5)
 
 
+def test_gated_feature_info_ends_at_the_global_stage_of_a_features_only_backbone():
+    backbone = timm.create_model("resnet18", features_only=True, out_indices=(1, 2, 3, 4))
+    net = ab.AttentionGatedNet(backbone, gate_stages=(0, 1), global_stage=2).eval()
+    assert [d["module"] for d in net.feature_info] == [
+        "backbone.layer1",
+        "backbone.layer2",
+        "backbone.layer3",
+    ]
+    assert net.cam_layer is backbone.layer3 and net.pretrained_cfg["first_conv"] == "backbone.conv1"
+    x = _x(1)
+    with torch.no_grad():
+        final, stages = net.forward_intermediates(x)
+    assert final.shape == (1, 64 + 128 + 256, 4, 4) and stages[-1].shape == (1, 256, 4, 4)
+    assert ab.grad_cam(net, x).cam.shape == (1, 1, SIZE, SIZE)
+
+
 def test_gated_group_matcher_gives_layer_decay_groups():
     net = ab.AttentionGatedNet("resnet18", (2, 3), num_classes=2)
     opt = timm.optim.create_optimizer_v2(net, "sgd", lr=0.1, layer_decay=0.5)
