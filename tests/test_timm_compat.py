@@ -33,10 +33,8 @@ def _arl_resnet18(**kw):
     return ab.ARLWrapper(timm.create_model("resnet18", **kw))
 
 
-def _gated_resnet18(**kw):
-    if kw.pop("features_only", False):
-        raise NotImplementedError
-    return ab.AttentionGatedNet("resnet18", (2, 3), **kw)
+def _gated(backbone: str) -> Callable[..., nn.Module]:
+    return lambda **kw: ab.AttentionGatedNet(backbone, (2, 3), **kw)
 
 
 # name -> factory(**timm kwargs); the registered builders go through timm.create_model, as a timm
@@ -45,18 +43,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "arl_cnn14": lambda **kw: timm.create_model("arl_cnn14", **kw),
     "resnet14": lambda **kw: timm.create_model("arl_cnn14_plain", **kw),
     "arl_resnet18": _arl_resnet18,
-    "gated_resnet18": _gated_resnet18,
+    "gated_resnet18": _gated("resnet18"),
+    "gated_lite0": _gated("efficientnet_lite0"),
     "attnmel_vgg16": lambda **kw: timm.create_model("attnmel_vgg16", **kw),
 }
-GATED = ("gated_resnet18", "attnmel_vgg16")
+GATED = ("gated_resnet18", "gated_lite0", "attnmel_vgg16")
 # resnet14 is arl_cnn14 without the ARL forward, and ARLWrapper'd timm ResNets are tested at length
-# in test_arl_api.py: by default they run the default_cfg and Grad-CAM checks only
-REPEATS = ("resnet14", "arl_resnet18")
+# in test_arl_api.py, and the gated EfficientNet-Lite0 shares the code of the gated ResNet-18: by
+# default they run the default_cfg and Grad-CAM checks only
+REPEATS = ("resnet14", "arl_resnet18", "gated_lite0")
 
 
-def _slow_for(*slow: str) -> list:
-    """All model names, those in ``slow`` marked slow (same code path as another one)."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in MODELS]
+def _slow_for(*slow: str, names: tuple[str, ...] = tuple(MODELS)) -> list:
+    """``names``, those in ``slow`` marked slow (same code path as another one)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def _x(batch: int, size: int = SIZE) -> torch.Tensor:
@@ -132,7 +132,9 @@ def _check_stages(outputs, info: FeatureInfo, batch: int, size: int) -> None:
         assert not o.isnan().any()
 
 
-@pytest.mark.parametrize("name", [n for n in _slow_for(*REPEATS) if n not in GATED])
+@pytest.mark.parametrize(
+    "name", _slow_for(*REPEATS, names=tuple(n for n in MODELS if n not in GATED))
+)
 @pytest.mark.parametrize("feature_cls", ["list", "getter"])
 def test_features_only(name, feature_cls):
     if name == "arl_resnet18":  # ARLWrapper converts a features_only model
@@ -220,7 +222,7 @@ def test_fx_forward_and_backward(name):
 # --- builders: same keys and numbers as before they went through timm -------------------------
 
 
-def test_builders_load_state_dicts_of_the_direct_resnet_construction():
+def test_builders_load_state_dicts_of_the_direct_resnet_construction(tmp_path):
     from timm.models.resnet import Bottleneck, ResNet
 
     torch.manual_seed(3)
@@ -231,8 +233,9 @@ def test_builders_load_state_dicts_of_the_direct_resnet_construction():
     for name, buf in old_arl.named_buffers():
         if name.endswith("running_var"):
             buf.uniform_(0.5, 1.5)
+    torch.save(old_arl.state_dict(), tmp_path / "arl_cnn14.pth")
     new_arl = ab.arl_cnn14(num_classes=2).eval()
-    new_arl.load_state_dict(old_arl.state_dict())
+    new_arl.load_state_dict(torch.load(tmp_path / "arl_cnn14.pth", weights_only=True))
     plain = ab.resnet14(num_classes=2).eval()
     plain.load_state_dict(old_arl.unwrap().state_dict())
     x = _x(2)
@@ -386,6 +389,7 @@ LAYERS = {
     "resnet14": "layer4",
     "arl_resnet18": "layer4",
     "gated_resnet18": "backbone.model.layer4",
+    "gated_lite0": "backbone.model.blocks.6",
     "attnmel_vgg16": "backbone.model.features.43",
 }
 
