@@ -41,16 +41,23 @@ STAGES: dict[str, tuple[int, int]] = {  # name -> (channels, spatial size) of Re
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# Nominal DRAM bandwidth (bytes/s) from the vendors' datasheets, by device name, for PyTorch
+# versions whose device properties lack the memory clock and bus width.
+_DATASHEET = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+              "A100-SXM4-80GB": 2.039e12, "A100-PCIE-80GB": 1.935e12, "A100": 1.555e12}  # fmt: skip
+
+
 def nominal_peak_bandwidth(device: torch.device) -> float | None:
-    """Nominal DRAM bandwidth in bytes/s of a CUDA device (None where the properties lack it)."""
+    """Nominal DRAM bandwidth in bytes/s of a CUDA device: from its memory clock and bus width, else
+    from the datasheet figure of its name (None where neither is known)."""
     if device.type != "cuda":
         return None
     props = torch.cuda.get_device_properties(device)
     clock_khz = getattr(props, "memory_clock_rate", None)
     bus_bits = getattr(props, "memory_bus_width", None)
-    if not clock_khz or not bus_bits:
-        return None
-    return 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
+    if clock_khz and bus_bits:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
+    return next((bw for name, bw in _DATASHEET.items() if name in props.name), None)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, min_run_time: float = 0.2) -> float:
