@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    model = build_model(args, num_classes=3 if args.task == "both" else 2)
+    with cli.reading_weights(args.weights):
+        model = build_model(args, num_classes=3 if args.task == "both" else 2)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )

@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
     torch.manual_seed(args.seed)
-    net = build_model(args, num_classes)
+    with cli.reading_weights(args.weights):
+        net = build_model(args, num_classes)
     if net.load_report is not None and info.is_main:
         logging.info("backbone weights %s: %s", args.weights, net.load_report)
     if args.roi == "lesion" and len(net.gates) != len(args.lambdas):

@@ -53,6 +53,7 @@ from examples.isic.cli import (
     check_numbers,
     default_out_dir,
     prepare_out_dir,
+    reading_weights,
     resolve_profile,
     run_cli,
     run_settings,
@@ -302,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"CARE needs at least 2 training images (BatchNorm), the train split has "
             f"{len(sets['train'])}; raise --train-limit or lower --val-fraction/--test-fraction"
         )
-    model = build_model(args)
+    with reading_weights(None if args.weights in ("none", "timm") else args.weights):
+        model = build_model(args)
     layer = target_layer(model, args.target_layer)
     care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
                    outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip

@@ -585,6 +585,32 @@ def test_csv_with_a_byte_order_mark_and_binary_csv(
     assert code == 2 and f"{path} is not a UTF-8 text CSV" in error
 
 
+@pytest.mark.parametrize("script", [care, attnmel], ids=["care", "attnmel"])
+def test_damaged_weights_file_is_one_error_line(
+    script, mini2017: Path, mini2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, weights)
+    weights.write_bytes(weights.read_bytes()[:300])  # truncated download
+    if script is care:
+        argv = ["--data-root", mini2018, *CARE]
+    else:
+        argv = ["--data-root", mini2017, "--image-size", "32", "--backbone", "resnet18",
+                "--limit", "6", "--epochs", "1", "--no-progress"]  # fmt: skip
+    out = tmp_path / "run"
+    code, error, _ = run(script.main, [*argv, "--out", out, "--weights", weights], capsys)
+    assert code == 2 and error.startswith(f"error: --weights {weights}: cannot load"), error
+    nothing_trained(out)
+
+
+def test_metadata_csv_with_a_byte_order_mark(mini2018: Path) -> None:
+    meta = mini2018 / "HAM10000_metadata.csv"
+    expected = ISIC2018Dataset(mini2018, "all").lesion_ids
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert ISIC2018Dataset(mini2018, "all").lesion_ids == expected
+    assert all(i.startswith("HAM_") for i in expected)  # read from the file, not one per image
+
+
 def test_compare_runs_names_unreadable_files(tmp_path: Path) -> None:
     good = []
     for k in range(2):

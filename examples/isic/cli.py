@@ -15,6 +15,7 @@ with the library versions and the git commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import functools
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -50,6 +52,7 @@ __all__ = [
     "check_amp",
     "check_common_args",
     "check_numbers",
+    "reading_weights",
     "check_layout",
     "check_not_empty",
     "default_out_dir",
@@ -420,6 +423,19 @@ def save_config(out: Path, args: argparse.Namespace, **extra: Any) -> dict[str, 
     config = {"settings": run_settings(args), **extra, "environment": environment_info()}
     write_json(Path(out) / "config.json", config)
     return config
+
+
+@contextlib.contextmanager
+def reading_weights(path: str | os.PathLike | None, flag: str = "--weights"):
+    """Report a weights file that cannot be read or loaded (truncated, corrupted, other shapes) as
+    a ``ValueError`` naming ``flag`` and the file instead of torch's internal error."""
+    try:
+        yield
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        if path is None:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{flag} {path}: cannot load these weights ({reason})") from err
 
 
 # errors of the environment that a run reports in one line (full disk, permissions, ...)

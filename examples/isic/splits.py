@@ -49,14 +49,20 @@ def read_lesion_groups(root: str | os.PathLike, ids: Sequence[str]) -> dict[str,
     for path, id_col in candidates:
         if not path.is_file():
             continue
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            if id_col not in fields or "lesion_id" not in fields:
-                raise ValueError(
-                    f"{path} has columns {fields}; expected {id_col!r} and 'lesion_id'"
-                )
-            groups = {row[id_col].strip(): row["lesion_id"].strip() for row in reader}
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                fields = [f.strip() for f in reader.fieldnames or []]
+                reader.fieldnames = fields
+                if id_col not in fields or "lesion_id" not in fields:
+                    raise ValueError(
+                        f"{path} has columns {fields}; expected {id_col!r} and 'lesion_id'"
+                    )
+                groups = {
+                    (row[id_col] or "").strip(): (row["lesion_id"] or "").strip() for row in reader
+                }
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a UTF-8 text CSV ({err.reason})") from err
         break
     else:
         log.warning(
