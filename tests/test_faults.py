@@ -137,6 +137,28 @@ def test_busy_out_folder_is_refused_and_a_killed_run_leaves_no_lock(
     cli.release_out_dir(out)
 
 
+@pytest.mark.slow
+def test_two_real_runs_into_one_folder(mini2017: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "isic2017_arl.py"), "--data-root",
+             str(mini2017), "--out", str(out), *ARL, "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )
+        for seed in (1, 2)
+    ]  # fmt: skip
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "is in use by another run" in loser or "already holds a run" in loser
+    winner = 1 + [code for code, _ in results].index(0)
+    config = json.loads((out / "config.json").read_text())
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert config["settings"]["seed"] == last["run_config"]["seed"] == winner
+
+
 def test_any_run_output_means_the_folder_holds_a_run(
     mini2017: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -482,6 +504,11 @@ def test_corrupted_last_checkpoint_on_resume(
         error = _damaged_resume(out, main, argv, capsys)
         assert f"--resume: cannot read the checkpoint {out / 'checkpoints' / 'last.pt'}" in error
         assert "truncated or corrupted" in error
+    # the same damaged file as the stage 1 of a CARE run
+    argv = ["--data-root", mini2018, "--out", tmp_path / "s2", *CARE, "--epochs", "2"]
+    code, error, _ = run(care.main, [*argv, "--stage1-from", tmp_path / "c"], capsys)
+    assert code == 2, error
+    assert f"--stage1-from: cannot read the checkpoint {tmp_path / 'c' / 'checkpoints'}" in error
 
 
 def test_full_disk_while_saving_keeps_log_and_checkpoint_in_step(
