@@ -37,6 +37,7 @@ from examples.isic.cache import (
     load_image,
     load_mask,
 )
+from examples.isic.checkpointing import config_differences
 from examples.isic.engine import NonFiniteError, Trainer
 from examples.isic.synthetic import cached_dataset
 
@@ -174,6 +175,24 @@ def test_any_run_output_means_the_folder_holds_a_run(
         arl.main, ["--data-root", mini2017, "--out", tmp_path / "log.csv", *ARL, "--resume"], capsys
     )
     assert code == 2 and "stopped before the end of its first epoch (it holds log.csv)" in error
+
+
+def test_a_folder_without_lock_support_still_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cli.fcntl, "flock", no_locks)
+    assert cli.prepare_out_dir(tmp_path / "nfs", resume=False) == (tmp_path / "nfs").resolve()
+    assert "does not support file locks (No locks available)" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_a_new_flag_still_resume() -> None:
+    saved = {"lr": 0.1, "seed": 0}  # written before --skip-bad existed
+    assert config_differences(saved, {**saved, "skip_bad": False}, set()) == []
+    assert config_differences(saved, {**saved, "skip_bad": True}, set()) == ["skip_bad"]
+    assert config_differences({**saved, "skip_bad": False}, saved, set()) == ["skip_bad"]
 
 
 # ------------------------------------------------------------------------ 2. divergence

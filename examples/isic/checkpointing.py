@@ -59,9 +59,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def config_differences(
     saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] | set[str]
 ) -> list[str]:
-    """Sorted keys, outside ``ignore``, on which two run configurations differ (missing counts)."""
+    """Sorted keys, outside ``ignore``, on which two run configurations differ.
+
+    A key missing on one side counts as a difference, except a key that ``saved`` lacks while
+    ``current`` holds ``None`` or ``False`` there: a flag added after the checkpoint was written,
+    left at its default, does not make the checkpoint another configuration.
+    """
     keys = (set(saved) | set(current)) - set(ignore)
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    new_defaults = {
+        k for k in set(current) - set(saved) if current[k] is None or current[k] is False
+    }
+    return sorted(k for k in keys - new_defaults if saved.get(k) != current.get(k))
 
 
 class CheckpointMixin:

@@ -251,6 +251,10 @@ def _lock_out_dir(out: Path) -> None:
                 f"--out {out} is in use by another run (process {owner}); wait for it to end or "
                 "choose another --out"
             ) from None
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some NFS mounts
+            print(f"warning: {out} does not support file locks ({exc.strerror}); nothing stops "
+                  "another run from writing into it", file=sys.stderr)  # fmt: skip
+            return
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
