@@ -230,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args,
         positive=("patches_per_image", "lr_step", "lr_gamma", "patience", "limit", "load_size"),
         non_negative=("momentum", "weight_decay", "cam_images"),
+        finite=("alpha_init",),
     )
     device, info = cli.setup_device(args.device, args.amp)
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root

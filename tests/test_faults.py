@@ -479,6 +479,7 @@ BAD_FLAGS = [
     (arl, ["--patches-per-image", "0"], "--patches-per-image must be at least 1"),
     (arl, ["--limit", "0"], "--limit must be at least 1"),
     (arl, ["--patience", "0"], "--patience must be at least 1"),
+    (arl, ["--alpha-init", "nan"], "--alpha-init must be a finite number, got nan"),
     (attnmel, ["--oversample", "0"], "--oversample must be at least 1"),
     (attnmel, ["--lambdas", "0.1", "-1"], "--lambdas must be >= 0, got [0.1, -1.0]"),
     (attnmel, ["--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),

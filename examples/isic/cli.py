@@ -4,7 +4,7 @@ Flags (DESIGN.md, "The example scripts' common interface")::
 
     --data-root DIR  --out DIR  --epochs N  --batch-size N  --image-size N  --workers N  --seed N
     --lr X  --device auto|cpu|cuda  --amp none|bf16|fp16  --channels-last  --compile  --resume
-    --quick
+    --quick  --no-progress  --skip-bad
 
 Hyper-parameter flags default to ``None`` in the parser and are resolved afterwards by
 :func:`resolve_profile`: a value given on the command line wins, then the quick profile (``--quick``
@@ -131,16 +131,17 @@ def check_numbers(
     positive: Sequence[str] = (),
     non_negative: Sequence[str] = (),
     fraction: Sequence[str] = (),
+    finite: Sequence[str] = (),
     at_least: Mapping[str, float] | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the first flag whose value is out of range.
 
     ``positive``: > 0 (integers: at least 1); ``non_negative``: >= 0; ``fraction``: in [0, 1);
-    ``at_least``: ``{name: minimum}``. Values must be finite; ``None`` (not set) passes; a list
-    (``nargs``) is checked item by item.
+    ``finite``: any finite number; ``at_least``: ``{name: minimum}``. Values must be finite;
+    ``None`` (not set) passes; a list (``nargs``) is checked item by item.
     """
     rules = [(n, "positive") for n in positive] + [(n, "non_negative") for n in non_negative]
-    rules += [(n, "fraction") for n in fraction]
+    rules += [(n, "fraction") for n in fraction] + [(n, "finite") for n in finite]
     rules += [(n, float(m)) for n, m in (at_least or {}).items()]
     for name, rule in rules:
         value = getattr(args, name, None)
@@ -154,6 +155,8 @@ def check_numbers(
                 ok, want = v >= 0, ">= 0"
             elif rule == "fraction":
                 ok, want = 0 <= v < 1, "in [0, 1)"
+            elif rule == "finite":
+                ok, want = True, "a finite number"
             else:
                 ok, want = v >= rule, f"at least {rule:g}"
             if not (math.isfinite(v) and ok):

@@ -166,6 +166,8 @@ class Trainer(CheckpointMixin):
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.saved_epoch: int | None = None  # epoch of the last checkpoint written or loaded
+        self._epoch: int | None = None  # the epoch being trained, for error messages
+        self._steps = 0  # training steps of the last epoch
         self._tb = None
 
     def _divergence_help(self) -> str:
@@ -269,8 +271,12 @@ class Trainer(CheckpointMixin):
         try:
             return self._predict(loader, desc)
         except NonFiniteError as err:
-            epoch, steps = getattr(self, "_epoch", None), getattr(self, "_steps", 0)
-            at = "" if epoch is None else f" at epoch {epoch} (evaluated after step {steps - 1})"
+            epoch = self._epoch
+            at = (
+                ""
+                if epoch is None
+                else f" at epoch {epoch} (evaluated after step {self._steps - 1})"
+            )
             raise NonFiniteError(
                 f"training diverged{at}: {err}; {self._divergence_help()}"
             ) from None

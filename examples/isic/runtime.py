@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -80,10 +81,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports a short write as a RuntimeError
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        else:
+            reason, full = str(err).strip().splitlines()[0] if str(err).strip() else "", True
         raise OutputWriteError(
-            f"cannot write {path}: {reason.strip()} (is the disk full?); the previous {path.name}, "
-            "if any, is intact"
+            f"cannot write {path}: {reason}{' (is the disk full?)' if full else ''}; the previous "
+            f"{path.name}, if any, is intact"
         ) from err
     finally:
         if tmp.exists():
