@@ -242,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ds_task = "3class" if args.task == "both" else args.task
     tasks = report.isic2017_tasks(ds_task)
-    load = {"image_size": args.load_size, "progress": info.is_main, "skip_bad": args.skip_bad,
-            "cache_workers": args.workers, "verify": True}  # fmt: skip
+    load = {"image_size": args.load_size, "progress": info.is_main and args.progress,
+            "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
     train_tf = arl_train_transform(args.image_size, color_constancy=args.color_constancy)

@@ -192,9 +192,10 @@ def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
 
 def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]:
     cls, splits, task, _, _ = DATASETS[args.dataset]
-    load: dict[str, Any] = {"image_size": args.load_size, "progress": info.is_main,
-                            "skip_bad": args.skip_bad, "cache_workers": args.workers,
-                            "verify": True}  # fmt: skip
+    load: dict[str, Any] = {
+        "image_size": args.load_size, "progress": info.is_main and args.progress,
+        "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
+    }  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic-resized"
     if args.dataset == "isic2018":

@@ -46,7 +46,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning")
 ARL = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--patches-per-image", "1",
        "--arch", "arl_cnn14", "--no-progress", "--cam-images", "1", "--limit", "6"]  # fmt: skip
 CARE = ["--epochs", "1", "--stage1-epochs", "1", "--arch", "resnet10t", "--image-size", "32",
-        "--batch-size", "8", "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2"]  # fmt: skip
+        "--batch-size", "8", "--no-progress", "--val-fraction", "0.2",
+        "--test-fraction", "0.2"]  # fmt: skip
 T17 = {"train": "ISIC-2017_Training", "val": "ISIC-2017_Validation", "test": "ISIC-2017_Test_v2"}
 
 

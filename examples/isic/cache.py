@@ -101,11 +101,11 @@ def load_image(path: str | os.PathLike, size: SizeArg = None) -> Image.Image:
 
 
 def mask_to_binary(im: Image.Image) -> np.ndarray:
-    """The lesion pixels of a decoded mask as a bool ``(H, W)`` array (the rule of :func:`load_mask`).
+    """The lesion pixels of a decoded mask, a bool ``(H, W)`` array (the rule of :func:`load_mask`).
 
     Colour (``RGB``, ``RGBA``, palette ``P``) masks are read by their largest channel, grey
-    (``L``, ``LA``) by their grey value, bilevel (``1``) masks as they are. Then: a mask whose largest
-    value is 1 is a 0/1 mask (lesion = 1, i.e. threshold 0.5); otherwise lesion = above half of the
+    (``L``, ``LA``) by their grey value, bilevel (``1``) masks as they are. Then: a mask whose
+    largest value is 1 is a 0/1 mask (lesion = 1, i.e. threshold 0.5); otherwise lesion = above half of the
     8-bit range (``> 127``; 0/255 masks, anti-aliased edges), or of the 16-bit range (``> 32767``)
     for 16-bit PNGs holding values above 255. An all-zero mask is an empty mask.
     """
@@ -345,9 +345,12 @@ def _collect(res: tuple[str, str] | None, failures: list, skip_errors: bool) -> 
 
 
 def default_cache_dir() -> Path:
-    """The cache folder of the examples: ``$ATTNBLOCKS_CACHE_DIR`` (the variable the library's kernel
-    cache reads), else ``$ATTNBLOCKS_CACHE`` (its older name, still read), else
-    ``$XDG_CACHE_HOME/attnblocks`` or ``~/.cache/attnblocks``."""
+    """The cache folder of the examples.
+
+    ``$ATTNBLOCKS_CACHE_DIR`` (the variable the library's kernel cache reads), else
+    ``$ATTNBLOCKS_CACHE`` (its older name, still read), else ``$XDG_CACHE_HOME/attnblocks`` or
+    ``~/.cache/attnblocks``.
+    """
     for name in ("ATTNBLOCKS_CACHE_DIR", "ATTNBLOCKS_CACHE"):
         if os.environ.get(name):
             return Path(os.environ[name]).expanduser()
@@ -370,8 +373,10 @@ def verify_files(
     workers: int = 0,
     progress: bool = True,
 ) -> list[tuple[str, str]]:
-    """Decode every ``(image_path, mask_path_or_None)`` pair; ``[(image path, error), ...]`` of those
-    that fail (unreadable, truncated, not an image, or an unreadable mask).
+    """Decode every ``(image_path, mask_path_or_None)`` pair.
+
+    Returns ``[(image path, error), ...]`` for those that fail (unreadable, truncated, not an
+    image, or an unreadable mask).
 
     Images are decoded in JPEG draft mode at a small size (the whole file is still read, so a
     truncated file fails), in ``workers`` processes (0 = in this process).

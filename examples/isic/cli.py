@@ -391,7 +391,8 @@ def _base_dataset(dataset: Any) -> Any:
     for _ in range(8):
         if hasattr(dataset, "bad_files"):
             return dataset
-        dataset = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
+        inner = getattr(dataset, "dataset", None)
+        dataset = inner if inner is not None else getattr(dataset, "base", None)
     return dataset
 
 
