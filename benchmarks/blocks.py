@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--copy-bytes", type=int, default=None)
     args = p.parse_args(argv)
-    device = harness.resolve_device(args.device)
+    harness.resolve_device(args.device)  # an unknown device is an error before any work
     quick = args.quick
     defaults = {
         "batch_sizes": [2] if quick else [32, 64, 128],

@@ -8,12 +8,14 @@
 #
 # Budget: under 5 minutes on one H100/H200. Each section has its own time limit, so that a slow
 # torch.compile cannot take the others' results with it; the compiled runs come last.
-# QUICK=1 runs every section at toy sizes (seconds; DEVICE=cpu checks the script without a GPU).
+# QUICK=1 runs every section at toy sizes (DEVICE=cpu checks the script without a GPU; COMPILE=0
+# leaves out the torch.compile sections, which take minutes on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
+COMPILE="${COMPILE:-1}"
 OUT="${OUT:-benchmarks/results}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
@@ -55,6 +57,7 @@ section "AttnMel-VGG16 / VGG-16-GAP eager, batch $B1" "$LIMIT" \
     --batch-size "$B1" --amp bf16 --channels-last --rounds 5 --min-run-time 0.3 \
     --out "$OUT/models-$DEVICE-bf16-vgg16-b$B1.json"
 for b in "$B1" "$B2"; do
+    [ "$COMPILE" = 1 ] || break
     section "ARL-ResNet-50 / ResNet-50 torch.compile, batch $b" "$LIMIT" \
         "$PYTHON" -m benchmarks.models --device "$DEVICE" "${Q[@]}" --pairs resnet50 \
         --batch-size "$b" --amp bf16 --channels-last --compile --rounds 5 --min-run-time 0.3 \

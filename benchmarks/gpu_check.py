@@ -48,8 +48,13 @@ def _check_kernels(device: torch.device) -> float:
                                       ("weight", "bias", "running_mean", "running_var")})  # fmt: skip
                 want = eager.merge_forward(t64, u64, alpha.double(), None, bn64, none, code, True)
                 dy = torch.randn(shape, device=device, generator=g).to(dtype)
-                out_f, out_s = NormOut(bn.weight, bn.bias, got[1], 2), NormOut(None, None, got[3], 0)
-                grads = tk.merge_backward(dy, got[0], t, u, alpha, None, out_f, out_s, code, True, True)
+                out_f, out_s = (
+                    NormOut(bn.weight, bn.bias, got[1], 2),
+                    NormOut(None, None, got[3], 0),
+                )
+                grads = tk.merge_backward(
+                    dy, got[0], t, u, alpha, None, out_f, out_s, code, True, True
+                )
                 ref = eager.merge_backward(
                     dy.double(), got[0].double(), t64, u64, alpha.double(), None,
                     NormOut(bn64.weight, bn64.bias, want[1], 2), NormOut(None, None, want[3], 0),
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = harness.resolve_device(args.device)
     meta = harness.run_metadata(device)
-    print(f"python {platform.python_version()}, torch {torch.__version__}, attnblocks {ab.__version__}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, attnblocks {ab.__version__}"
+    )
     for key in ("device_name", "cuda", "triton", "git_commit"):
         if key in meta:
             print(f"  {key}: {meta[key]}")

@@ -122,8 +122,9 @@ def make_step(
         def infer() -> None:
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
-            with torch.no_grad() if compile else torch.inference_mode(), harness.autocast(
-                device, amp
+            with (
+                torch.no_grad() if compile else torch.inference_mode(),
+                harness.autocast(device, amp),
             ):
                 run_model(x)
 
