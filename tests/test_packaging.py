@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from attnblocks import _merge_native
+from attnblocks.merge import native as _merge_native
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,10 +85,10 @@ def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -
     (Path(fresh_site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = (
         "import attnblocks as ab, timm, torch;"
-        "from attnblocks import _merge_native as n;"
+        "from attnblocks.merge import native as n;"
         "m = ab.ARLWrapper(timm.create_model('resnet18', num_classes=2), alpha_init=0.0);"
         "print(ab.__file__); print(len(m.alphas())); print(ab.__version__);"
-        "print(n.native_available() or n.native_error())"
+        "print(n.prepare() or n.error())"
     )
     env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run(
@@ -97,5 +97,5 @@ def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -
     file, n_alphas, version, native = out.stdout.split(maxsplit=3)
     assert file.startswith(fresh_site), f"imported {file}, not the wheel in {fresh_site}"
     assert n_alphas == "8" and version == "0.1.0"
-    if _merge_native.native_available():  # where a compiler exists, the installed source builds
+    if _merge_native.prepare():  # where a compiler exists, the installed source builds
         assert native.strip() == "True", native

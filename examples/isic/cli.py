@@ -439,8 +439,8 @@ def reading_weights(path: str | os.PathLike | None, flag: str = "--weights"):
     a ``ValueError`` naming ``flag`` and the file instead of torch's internal error."""
     try:
         yield
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        if path is None:
+    except (RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as err:
+        if path is None or str(err).startswith(flag):  # no file, or the message names it already
             raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{flag} {path}: cannot load these weights ({reason})") from err
