@@ -51,6 +51,10 @@ register_builtin_blocks()  # the block families of timm and torchvision (attnblo
 _NO_ACT = nn.Identity()  # the output activation of blocks that add without one
 
 
+def _no_act(x: Tensor) -> Tensor:  # the same under torch.fx, which only calls the model's modules
+    return x
+
+
 # --- dynamic subclasses (picklable, deep-copyable) ---------------------------------------------------
 
 _SUBCLASSES: dict[tuple[type, type], type] = {}
@@ -97,13 +101,14 @@ class ARLBlock(_Rebuildable, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         spec = _BLOCK_SPECS[self._arl_base]
-        act = getattr(self, spec.act) if spec.act is not None else _NO_ACT
         drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
         norm = self.arl_normalization
         if is_symbolic_tracing():  # torch.fx feature extractors: plain ops, mask through the tap
             f, shortcut = spec.branches(self, x)
             attn = self.attn_map(get_normalization(norm)(f))
+            act = getattr(self, spec.act) if spec.act is not None else _no_act
             return merge.arl_merge_reference(f, shortcut, self.alpha, attn, act, drop_path)
+        act = getattr(self, spec.act) if spec.act is not None else _NO_ACT
         if spec.pre_norm is not None and merge.lean_merge_active(self.attn_map):
             pre = spec.pre_norm(self, x)
             if pre is not None:  # fuse the last norms: F, s and N(F) are recomputed in backward

@@ -22,6 +22,7 @@ ARCHS = [
     ("timm", "resnetv2_50", "ResNetV2 (pre-activation)", {}, 64),
     ("timm", "resnetv2_50d", "ResNetV2 (pre-activation)", {}, 64),
     ("timm", "resnetv2_50t", "ResNetV2 (pre-activation)", {}, 64),
+    ("timm", "resnetv2_50", "ResNetV2 (post-activation)", {"preact": False}, 64),
     ("timm", "efficientnet_b0", "EfficientNet", {}, 64),
     ("timm", "efficientnet_lite0", "EfficientNet", {}, 64),
     ("timm", "tf_efficientnet_lite0", "EfficientNet", {}, 64),
@@ -37,12 +38,13 @@ ARCHS = [
     ("timm", "regnetx_002", "RegNetX", {}, 64),
     ("timm", "regnety_002", "RegNetY", {}, 64),
     ("timm", "regnety_004", "RegNetY", {}, 64),
+    ("timm", "regnety_002", "RegNetY (pre-activation)", {"preact": True}, 64),
     ("torchvision", "mobilenet_v2", "MobileNetV2", {}, 64),
     ("torchvision", "mobilenet_v3_small", "MobileNetV3", {}, 64),
     ("torchvision", "mobilenet_v3_large", "MobileNetV3", {}, 64),
     ("torchvision", "efficientnet_b0", "EfficientNet", {}, 64),
     ("torchvision", "efficientnet_v2_s", "EfficientNetV2 (fused MBConv)", {}, 64),
-    ("torchvision", "convnext_tiny", "ConvNeXt", {}, 32),
+    ("torchvision", "convnext_tiny", "ConvNeXt", {}, 64),
     ("torchvision", "regnet_x_400mf", "RegNetX", {}, 64),
     ("torchvision", "regnet_y_400mf", "RegNetY", {}, 64),
 ]
@@ -378,3 +380,44 @@ def test_arl_efficientnet_lite0_real_imagenet_weights(one_thread):
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
     assert logits.argmax().item() == ref.argmax().item() == 885
     assert logits.softmax(-1).max() > 0.1  # trained weights: a confident, not uniform, answer
+
+
+# --- attention taps -----------------------------------------------------------------------------
+
+
+def test_attention_maps_of_channels_last_convnext_are_spatial_softmaxes(one_thread):
+    """timm's ConvNeXt MLP runs channels-last; its masks are still (N, C, H, W), each channel a
+    softmax over the H*W positions, and equal to N(F) of the block's own branch."""
+    src = randomize(timm.create_model("convnext_atto", conv_mlp=False, num_classes=2)).eval()
+    model = ab.ARLWrapper(src, alpha_init=0.5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), ab.record_attention(model) as maps:
+        model(x)
+    assert maps["stages.0.blocks.0"].shape == (2, 40, 16, 16)
+    for mask in maps.values():
+        torch.testing.assert_close(mask.sum((2, 3)), torch.ones(mask.shape[:2]))
+    block = model.stages[0].blocks[0]
+    with torch.no_grad():
+        stem = model.stem(x)
+        f = src.stages[0].blocks[0](stem) - stem
+    torch.testing.assert_close(
+        maps["stages.0.blocks.0"], get_normalization("spatial")(f), atol=1e-6, rtol=1e-4
+    )
+    assert ab.is_arl_block(block)
+
+
+def test_fx_feature_extractor_sees_the_taps_of_torchvision_blocks(one_thread):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = ab.ARLWrapper(torchvision.models.mobilenet_v3_small(num_classes=2), alpha_init=0.5)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), ab.record_attention(model) as expected:
+        logits = model(x)
+    nodes = {f"{name}.attn_map": name for name in expected} | {"classifier": "logits"}
+    with torch.no_grad():
+        out = create_feature_extractor(model, return_nodes=nodes)(x)
+    torch.testing.assert_close(out.pop("logits"), logits, atol=1e-5, rtol=1e-5)
+    assert set(out) == set(expected) == {f"features.{i}" for i in (3, 5, 6, 8, 10, 11)}
+    for name, mask in expected.items():
+        torch.testing.assert_close(out[name], mask, atol=1e-6, rtol=1e-5)
