@@ -106,7 +106,9 @@ def register_arl_block(
     """
     if not (isinstance(block_cls, type) and issubclass(block_cls, nn.Module)):
         raise TypeError(f"block_cls must be an nn.Module subclass, got {block_cls!r}")
-    for name, fn in (("residual", residual), ("pre_norm", pre_norm), ("no_skip", no_skip)):
+    if not callable(residual):
+        raise TypeError(f"register_arl_block: residual must be callable, got {residual!r}")
+    for name, fn in (("pre_norm", pre_norm), ("no_skip", no_skip)):
         if fn is not None and not callable(fn):
             raise TypeError(f"register_arl_block: {name} must be callable, got {fn!r}")
     for name, value in (("act", act), ("drop_path", drop_path), ("downsample", downsample)):
@@ -137,8 +139,3 @@ def register_arl_block(
 def list_arl_block_types() -> list[str]:
     """Qualified names of the block types that :class:`~attnblocks.ARLWrapper` converts."""
     return sorted(f"{c.__module__}.{c.__qualname__}" for c in _BLOCK_SPECS)
-
-
-def get_block_spec(block_cls: type) -> BlockSpec | None:
-    """The registered spec of ``block_cls`` (exact class), or None."""
-    return _BLOCK_SPECS.get(block_cls)

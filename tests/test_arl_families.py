@@ -421,3 +421,65 @@ def test_fx_feature_extractor_sees_the_taps_of_torchvision_blocks(one_thread):
     assert set(out) == set(expected) == {f"features.{i}" for i in (3, 5, 6, 8, 10, 11)}
     for name, mask in expected.items():
         torch.testing.assert_close(out[name], mask, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("source", "name", "kwargs"), FAST, ids=[f"{s}-{n}" for s, n, _ in FAST])
+def test_compiles_without_graph_breaks(source, name, kwargs):
+    """torch.compile(fullgraph=True) traces every family (train mode, stochastic depth included)
+    and gives the eager values and alpha gradients."""
+    torch.manual_seed(0)
+    model = ab.ARLWrapper(randomize(build(source, name, 0.2, **kwargs)), alpha_init=0.3).train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for fn in (compiled, model):
+        model.zero_grad()
+        torch.manual_seed(4)
+        y = fn(x)
+        y.square().sum().backward()
+        results.append(
+            (y.detach(), torch.stack([b.alpha.grad for b in model.arl_blocks().values()]))
+        )
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+
+
+def test_register_a_block_without_activation_or_skip():
+    class Expand(nn.Module):
+        def __init__(self, c_in: int, c_out: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+            self.skip = c_in == c_out
+
+        def forward(self, x):
+            return x + self.conv(x) if self.skip else self.conv(x)
+
+    def no_skip(block):
+        return None if block.skip else "widens"
+
+    ab.register_arl_block(
+        Expand, lambda b, x: b.conv(x), act=None, downsample=None, no_skip=no_skip
+    )
+    try:
+        net = nn.Sequential(Expand(3, 4), Expand(4, 4))
+        x = torch.randn(2, 3, 5, 5)
+        exact = ab.ARLWrapper(net, alpha_init=0.0)
+        assert exact.conversion_report.skipped == {"0": "widens"}
+        assert exact.conversion_report.converted == ["1"]
+        torch.testing.assert_close(exact(x), net(x))
+        arl = ab.ARLWrapper(net, alpha_init=0.5)
+        with torch.no_grad():
+            h = net[0](x)
+            f = net[1].conv(h)
+            expected = h + f + 0.5 * get_normalization("spatial")(f) * h
+            torch.testing.assert_close(arl(x), expected)
+    finally:
+        from attnblocks import arl as arl_module
+
+        arl_module._BLOCK_SPECS.pop(Expand)
+    with pytest.raises(TypeError, match="residual must be callable"):
+        ab.register_arl_block(Expand, None, act=None)
+    with pytest.raises(TypeError, match="act must be an attribute name"):
+        ab.register_arl_block(Expand, lambda b, x: b.conv(x), act=nn.ReLU())
+    assert not any("Expand" in name for name in ab.list_arl_block_types())
