@@ -229,7 +229,9 @@ class ConversionReport:
 
 def _looks_like_block(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
-    return hasattr(module, "downsample") or "block" in name or "bottleneck" in name
+    return any(hasattr(module, a) for a in ("downsample", "has_skip", "use_res_connect")) or any(
+        word in name for word in ("block", "bottleneck", "residual")
+    )
 
 
 def _no_skip(block: nn.Module) -> str | None:
@@ -246,11 +248,13 @@ def _unsupported_blocks(model: nn.Module) -> dict[str, str]:
     def related(name: str) -> bool:
         return any(b == name or b.startswith(name + ".") or name.startswith(b + ".") for b in names)
 
-    return {
-        n: f"unsupported block type {type(m).__name__}"
-        for n, m in model.named_modules()
-        if m is not model and _looks_like_block(m) and not related(n)
-    }
+    found: dict[str, str] = {}
+    for n, m in model.named_modules():
+        if m is model or any(n.startswith(p + ".") for p in found):  # not inside a reported one
+            continue
+        if _looks_like_block(m) and not related(n):
+            found[n] = f"unsupported block type {type(m).__name__}"
+    return found
 
 
 _BLOCKS_ACCEPTS = (
@@ -315,7 +319,7 @@ class ARLWrapper(_Rebuildable, nn.Module):
 
     Args:
         model: a timm or torchvision residual CNN: ResNet (ResNeXt, wide, SE/ECA, d/s/t stems,
-            blur/aa), ResNetV2 (pre-activation), EfficientNet/-Lite/V2, MobileNetV2/V3, ConvNeXt,
+            blur/aa), ResNetV2 (pre-activation), EfficientNet/-Lite/V2, MobileNetV2/V3/V4, ConvNeXt,
             RegNetX/Y, their ``features_only`` models, or any model built from registered blocks
             (:func:`register_arl_block`). Blocks without a skip connection (a stride or width
             change with no shortcut) stay plain and are listed in ``conversion_report.skipped``.

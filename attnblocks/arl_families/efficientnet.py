@@ -1,9 +1,10 @@
 """Inverted residuals and their relatives: timm's ``_efficientnet_blocks`` (EfficientNet,
-EfficientNet-Lite, MobileNetV2/V3, MNASNet, ...) and torchvision's MobileNetV2/V3 and
+EfficientNet-Lite, MobileNetV2/V3/V4, MNASNet, ...) and torchvision's MobileNetV2/V3 and
 EfficientNet/V2 blocks.
 
 These blocks add without an activation: ``y = s + drop_path(F + alpha * N(F) * s)``, ``s = x``,
-``F`` the output of the last norm (after SE, which sits before the projection). Only blocks with a
+``F`` the output of the last norm (after SE, which sits before the projection; after the layer
+scale of MobileNetV4's universal inverted residual). Only blocks with a
 skip connection (timm ``has_skip``, torchvision ``use_res_connect``: stride 1, same width) are
 converted. torchvision's last norm is a plain ``BatchNorm2d``, fused into the merge.
 """
@@ -43,6 +44,15 @@ def _timm_depthwise_separable(b: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     return b.bn2(b.conv_pw(f)), x
 
 
+def _timm_universal_inverted_residual(b: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    f = b.se(b.dw_mid(b.pw_exp(b.dw_start(x))))
+    return b.layer_scale(b.dw_end(b.pw_proj(f))), x
+
+
+def _timm_conv_bn_act(b: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    return b.aa(b.bn1(b.conv(x))), x
+
+
 def _timm_edge_residual(b: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     f = b.se(b.aa(b.bn1(b.conv_exp(x))))
     return b.bn2(b.conv_pwl(f)), x
@@ -74,6 +84,8 @@ def register() -> None:
         (eb.InvertedResidual, _timm_inverted_residual),
         (eb.DepthwiseSeparableConv, _timm_depthwise_separable),
         (eb.EdgeResidual, _timm_edge_residual),
+        (eb.UniversalInvertedResidual, _timm_universal_inverted_residual),
+        (eb.ConvBnAct, _timm_conv_bn_act),
     ):
         register_block_spec(cls, BlockSpec(fn, None, "drop_path", no_skip=_timm_no_skip))
     register_block_spec(
