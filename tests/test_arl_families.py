@@ -497,3 +497,11 @@ def test_register_a_block_without_activation_or_skip():
     with pytest.raises(TypeError, match="act must be an attribute name"):
         ab.register_arl_block(Expand, lambda b, x: b.conv(x), act=nn.ReLU())
     assert not any("Expand" in name for name in ab.list_arl_block_types())
+
+
+def test_residual_blocks_of_unknown_types_are_reported_once():
+    report = ab.ARLWrapper(timm.create_model("efficientnet_cc_b0_4e")).conversion_report
+    unsupported = {n for n, why in report.skipped.items() if why.startswith("unsupported")}
+    assert unsupported == {f"blocks.{s}.{b}" for s, n in ((4, 3), (5, 4), (6, 1)) for b in range(n)}
+    assert report.skipped["blocks.4.0"] == "unsupported block type CondConvResidual"
+    assert len(report.converted) == 4  # the plain inverted residuals of stages 1-3
