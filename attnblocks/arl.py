@@ -24,7 +24,6 @@ import copy
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from . import merge
 from ._tracing import is_symbolic_tracing
 from .arl_families import register_builtin_blocks
 from .arl_registry import _BLOCK_SPECS, list_arl_block_types, register_arl_block
+from .arl_select import ConversionReport, select_blocks, unsupported_blocks
 from .normalize import NormalizationFn, get_normalization
 
 __all__ = [
@@ -204,109 +204,10 @@ def convert_block(
 # --- the model -------------------------------------------------------------------------------------
 
 
-@dataclass
-class ConversionReport:
-    """What :class:`ARLWrapper` did to a model."""
-
-    model: str
-    normalization: str
-    alpha_init: float
-    converted: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    new_keys: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [
-            f"ARL conversion of {self.model}: {len(self.converted)} blocks converted "
-            f"(normalization={self.normalization!r}, alpha_init={self.alpha_init:g})",
-            f"  converted: {', '.join(self.converted) or '-'}",
-        ]
-        for name, why in self.skipped.items():
-            lines.append(f"  skipped:   {name} ({why})")
-        lines.append(f"  new state-dict keys: {', '.join(self.new_keys) or '-'}")
-        return "\n".join(lines)
-
-
-def _looks_like_block(module: nn.Module) -> bool:
-    name = type(module).__name__.lower()
-    return any(hasattr(module, a) for a in ("downsample", "has_skip", "use_res_connect")) or any(
-        word in name for word in ("block", "bottleneck", "residual")
-    )
-
-
 def _no_skip(block: nn.Module) -> str | None:
     """Why a registered block instance has no skip connection (it stays plain), or None."""
     spec = _BLOCK_SPECS[type(block)]
     return None if spec.no_skip is None else spec.no_skip(block)
-
-
-def _unsupported_blocks(model: nn.Module) -> dict[str, str]:
-    """Block-like modules that are neither registered, inside a registered block, nor a container
-    of registered blocks (a stage): what the report lists as unsupported."""
-    names = [n for n, m in model.named_modules() if type(m) in _BLOCK_SPECS or is_arl_block(m)]
-
-    def related(name: str) -> bool:
-        return any(b == name or b.startswith(name + ".") or name.startswith(b + ".") for b in names)
-
-    found: dict[str, str] = {}
-    for n, m in model.named_modules():
-        if m is model or any(n.startswith(p + ".") for p in found):  # not inside a reported one
-            continue
-        if _looks_like_block(m) and not related(n):
-            found[n] = f"unsupported block type {type(m).__name__}"
-    return found
-
-
-_BLOCKS_ACCEPTS = (
-    "None (all blocks), a block name or prefix (str, e.g. 'layer4'), a non-empty list of them, "
-    "or a predicate (name, module) -> bool"
-)
-
-
-def _select(
-    candidates: list[tuple[str, nn.Module]],
-    blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None,
-) -> set[str]:
-    names = [n for n, _ in candidates]
-    if blocks is None:
-        return set(names)
-    if isinstance(blocks, nn.Module):
-        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got the module {type(blocks).__name__}")
-    if callable(blocks):
-        chosen = {n for n, m in candidates if blocks(n, m)}
-        if not chosen:
-            raise ValueError(
-                f"blocks: the predicate selects none of the convertible blocks {names}; the model "
-                "would be returned unconverted"
-            )
-        return chosen
-    if isinstance(blocks, str):
-        blocks = [blocks]
-    if isinstance(blocks, bytes) or not isinstance(blocks, Iterable):
-        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got {type(blocks).__name__} {blocks!r}")
-    given = blocks
-    blocks = list(blocks)
-    if not blocks:
-        raise ValueError(
-            f"blocks={given!r} selects no block, so nothing would be converted; pass None to "
-            f"convert all of {names}, or name some of them"
-        )
-    for pattern in blocks:
-        if not isinstance(pattern, str):
-            raise TypeError(
-                f"blocks must be {_BLOCKS_ACCEPTS}; got the entry {pattern!r} "
-                f"({type(pattern).__name__}) in {blocks!r}"
-            )
-    chosen: set[str] = set()
-    for pattern in blocks:
-        pattern = pattern.rstrip(".")
-        hits = [n for n in names if n == pattern or n.startswith(pattern + ".")]
-        if not hits:
-            raise ValueError(
-                f"blocks: {pattern!r} matches no convertible block; candidates: {names}"
-            )
-        chosen.update(hits)
-    return chosen
 
 
 class ARLWrapper(_Rebuildable, nn.Module):
@@ -381,7 +282,7 @@ class ARLWrapper(_Rebuildable, nn.Module):
                 f"contains {found or 'no composite module'}; supported block types: "
                 f"{list_arl_block_types()}"
             )
-        chosen = _select(candidates, blocks)
+        chosen = select_blocks(candidates, blocks)
 
         model = model if inplace else copy.deepcopy(model)
         norm_name = (
@@ -390,7 +291,7 @@ class ARLWrapper(_Rebuildable, nn.Module):
             else getattr(normalization, "__name__", repr(normalization))
         )
         report = ConversionReport(type(model).__name__, norm_name, alpha_init)
-        unsupported = _unsupported_blocks(model)
+        unsupported = unsupported_blocks(model, is_arl_block)
         for name, module in model.named_modules():
             if name in no_skip:
                 report.skipped[name] = no_skip[name]
