@@ -13,6 +13,7 @@ from .arl import (
     list_arl_block_types,
     register_arl_block,
 )
+from .arl_builders import arl_efficientnet_lite0
 from .backbones import convert_state_dict, load_backbone_weights
 from .boxes import (
     box_to_inner_outer,
@@ -69,6 +70,7 @@ __all__ = [
     "LoadReport",
     "arl_cnn14",
     "arl_cnn50",
+    "arl_efficientnet_lite0",
     "convert_block",
     "is_arl_block",
     "list_arl_block_types",

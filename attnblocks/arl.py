@@ -5,8 +5,9 @@ residual features, at the cost of one scalar parameter:
 
     y = act( s + drop_path( F + alpha * N(F) * s ) )
 
-``F`` is the residual branch after its last norm (and SE/attention, if any), ``s`` the shortcut
-(``downsample(x)`` in strided or widening blocks), ``N`` an attention normalization
+``F`` is the residual branch after its last norm (and SE/attention and layer scale, if any), ``s``
+the shortcut (``downsample(x)`` in strided or widening blocks), ``act`` the activation after the sum
+(none in inverted residuals, ConvNeXt and pre-activation blocks), ``N`` an attention normalization
 (:mod:`attnblocks.normalize`) and ``alpha`` a learnable scale gate. With ``alpha = 0`` the block computes
 exactly what the plain block computes, so a converted network starts where the source network was.
 
@@ -23,7 +24,6 @@ import copy
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,9 @@ from torch import Tensor, nn
 
 from . import merge
 from ._tracing import is_symbolic_tracing
+from .arl_families import register_builtin_blocks
+from .arl_registry import _BLOCK_SPECS, list_arl_block_types, register_arl_block
+from .arl_select import ConversionReport, select_blocks, unsupported_blocks
 from .normalize import NormalizationFn, get_normalization
 
 __all__ = [
@@ -43,156 +46,13 @@ __all__ = [
     "register_arl_block",
 ]
 
-ResidualFn = Callable[[nn.Module, Tensor], Tensor]
+register_builtin_blocks()  # the block families of timm and torchvision (attnblocks.arl_families)
+
+_NO_ACT = nn.Identity()  # the output activation of blocks that add without one
 
 
-# --- the residual branch F of each supported block family -------------------------------------------
-
-
-# Each family's branch is written once, up to the input of its last norm (``*_conv``, or the
-# ``pre_norm`` function itself where it never declines); the residual function applies that norm
-# (and SE), the ``pre_norm`` function hands the norm's input to the fused merge.
-
-
-def _timm_bottleneck_conv(b: Any, x: Tensor) -> Tensor:
-    x = b.act1(b.bn1(b.conv1(x)))
-    x = b.aa(b.act2(b.drop_block(b.bn2(b.conv2(x)))))
-    return b.conv3(x)
-
-
-def _timm_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.bn3(_timm_bottleneck_conv(b, x))
-    return x if b.se is None else b.se(x)
-
-
-def _timm_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor | None:
-    # SE sits between the last norm and the merge: nothing to fuse
-    return None if b.se is not None else _timm_bottleneck_conv(b, x)
-
-
-def _timm_basic_conv(b: Any, x: Tensor) -> Tensor:
-    return b.conv2(b.aa(b.act1(b.drop_block(b.bn1(b.conv1(x))))))
-
-
-def _timm_basic_branch(b: Any, x: Tensor) -> Tensor:
-    x = b.bn2(_timm_basic_conv(b, x))
-    return x if b.se is None else b.se(x)
-
-
-def _timm_basic_pre_norm(b: Any, x: Tensor) -> Tensor | None:
-    return None if b.se is not None else _timm_basic_conv(b, x)
-
-
-def _tv_bottleneck_pre_norm(b: Any, x: Tensor) -> Tensor:
-    x = b.relu(b.bn1(b.conv1(x)))
-    x = b.relu(b.bn2(b.conv2(x)))
-    return b.conv3(x)
-
-
-def _tv_bottleneck_branch(b: Any, x: Tensor) -> Tensor:
-    return b.bn3(_tv_bottleneck_pre_norm(b, x))
-
-
-def _tv_basic_pre_norm(b: Any, x: Tensor) -> Tensor:
-    return b.conv2(b.relu(b.bn1(b.conv1(x))))
-
-
-def _tv_basic_branch(b: Any, x: Tensor) -> Tensor:
-    return b.bn2(_tv_basic_pre_norm(b, x))
-
-
-@dataclass(frozen=True)
-class _BlockSpec:
-    residual: ResidualFn
-    act: str
-    drop_path: str | None
-    # The branch up to the input of its last norm (None at run time: not fusable), and that norm's
-    # attribute name; lets the memory-lean merge recompute F instead of saving it.
-    pre_norm: Callable[[nn.Module, Tensor], Tensor | None] | None = None
-    last_norm: str | None = None
-
-
-_BLOCK_SPECS: dict[type, _BlockSpec] = {}
-
-
-def register_arl_block(
-    block_cls: type[nn.Module],
-    residual: ResidualFn,
-    *,
-    act: str,
-    drop_path: str | None = None,
-    downsample: str = "downsample",
-    pre_norm: Callable[[nn.Module, Tensor], Tensor | None] | None = None,
-    last_norm: str | None = None,
-) -> None:
-    """Teach :class:`ARLWrapper` a residual block type.
-
-    Args:
-        block_cls: the block class (matched exactly, not by ``isinstance``, so that a subclass with a
-            different ``forward`` is never converted with the wrong equations).
-        residual: ``residual(block, x) -> F``, the residual branch up to the last norm (and SE).
-        act: attribute name of the block's output activation.
-        drop_path: attribute name of its stochastic-depth module, if it has one.
-        downsample: attribute name of its shortcut projection (``None`` at run time = identity).
-        pre_norm: optional ``pre_norm(block, x) -> t``, the residual branch up to the *input* of
-            its last norm layer (or ``None`` when that block instance cannot be fused, e.g. it has
-            SE after the norm); with ``last_norm`` it lets the memory-lean merge
-            (:func:`attnblocks.merge.arl_merge_bn`) recompute ``F`` in backward instead of saving it.
-        last_norm: attribute name of that last norm layer (required with ``pre_norm``).
-    """
-    if not (isinstance(block_cls, type) and issubclass(block_cls, nn.Module)):
-        raise TypeError(f"block_cls must be an nn.Module subclass, got {block_cls!r}")
-    if downsample != "downsample":
-        raise ValueError(
-            f"only blocks whose shortcut projection is `downsample` are supported, got {downsample!r}"
-        )
-    if (pre_norm is None) != (last_norm is None):
-        raise ValueError("pre_norm and last_norm must be given together")
-    _BLOCK_SPECS[block_cls] = _BlockSpec(residual, act, drop_path, pre_norm, last_norm)
-
-
-def list_arl_block_types() -> list[str]:
-    """Qualified names of the block types that :class:`ARLWrapper` converts."""
-    return sorted(f"{c.__module__}.{c.__qualname__}" for c in _BLOCK_SPECS)
-
-
-def _register_builtin_blocks() -> None:
-    import timm.models.resnet as timm_resnet
-    import torchvision.models.resnet as tv_resnet
-
-    register_arl_block(
-        timm_resnet.Bottleneck,
-        _timm_bottleneck_branch,
-        act="act3",
-        drop_path="drop_path",
-        pre_norm=_timm_bottleneck_pre_norm,
-        last_norm="bn3",
-    )
-    register_arl_block(
-        timm_resnet.BasicBlock,
-        _timm_basic_branch,
-        act="act2",
-        drop_path="drop_path",
-        pre_norm=_timm_basic_pre_norm,
-        last_norm="bn2",
-    )
-    register_arl_block(
-        tv_resnet.Bottleneck,
-        _tv_bottleneck_branch,
-        act="relu",
-        pre_norm=_tv_bottleneck_pre_norm,
-        last_norm="bn3",
-    )
-    register_arl_block(
-        tv_resnet.BasicBlock,
-        _tv_basic_branch,
-        act="relu",
-        pre_norm=_tv_basic_pre_norm,
-        last_norm="bn2",
-    )
-
-
-_register_builtin_blocks()
+def _no_act(x: Tensor) -> Tensor:  # the same under torch.fx, which only calls the model's modules
+    return x
 
 
 # --- dynamic subclasses (picklable, deep-copyable) ---------------------------------------------------
@@ -241,32 +101,31 @@ class ARLBlock(_Rebuildable, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         spec = _BLOCK_SPECS[self._arl_base]
-        act = getattr(self, spec.act)
         drop_path = getattr(self, spec.drop_path) if spec.drop_path else None
         norm = self.arl_normalization
         if is_symbolic_tracing():  # torch.fx feature extractors: plain ops, mask through the tap
-            f = spec.residual(self, x)
-            shortcut = x if self.downsample is None else self.downsample(x)
+            f, shortcut = spec.branches(self, x)
             attn = self.attn_map(get_normalization(norm)(f))
+            act = getattr(self, spec.act) if spec.act is not None else _no_act
             return merge.arl_merge_reference(f, shortcut, self.alpha, attn, act, drop_path)
+        act = getattr(self, spec.act) if spec.act is not None else _NO_ACT
         if spec.pre_norm is not None and merge.lean_merge_active(self.attn_map):
-            t = spec.pre_norm(self, x)
-            if t is not None:  # fuse the last norms: F, s and N(F) are recomputed in backward
-                shortcut, shortcut_norm = self._shortcut_pre_norm(x)
-                bn = getattr(self, spec.last_norm)
+            pre = spec.pre_norm(self, x)
+            if pre is not None:  # fuse the last norms: F, s and N(F) are recomputed in backward
+                t, bn = pre
+                shortcut, shortcut_norm = self._shortcut_pre_norm(x, spec.shortcut)
                 return merge.arl_merge_bn(
                     t, bn, shortcut, self.alpha, norm, act, drop_path, shortcut_norm=shortcut_norm
                 )
-        f = spec.residual(self, x)
-        shortcut = x if self.downsample is None else self.downsample(x)
+        f, shortcut = spec.branches(self, x)
         return merge.arl_merge(f, shortcut, self.alpha, norm, act, drop_path, tap=self.attn_map)
 
-    def _shortcut_pre_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
+    def _shortcut_pre_norm(self, x: Tensor, attr: str | None) -> tuple[Tensor, nn.Module | None]:
         """The shortcut up to the input of its projection's final norm, and that norm (or None).
 
         A projection with hooks of its own runs whole (its hooks see its output) and fuses nothing.
         """
-        ds = self.downsample
+        ds = getattr(self, attr) if attr is not None else None
         if ds is None:
             return x, None
         if (
@@ -333,6 +192,9 @@ def convert_block(
         raise TypeError(
             f"cannot convert {type(block).__name__}: supported block types are {list_arl_block_types()}"
         )
+    reason = _no_skip(block)
+    if reason is not None:
+        raise ValueError(f"cannot convert {type(block).__name__}: {reason}; ARL needs a shortcut")
     get_normalization(normalization)
     alpha_init = _check_alpha(alpha_init)
     block = block if inplace else copy.deepcopy(block)
@@ -342,84 +204,10 @@ def convert_block(
 # --- the model -------------------------------------------------------------------------------------
 
 
-@dataclass
-class ConversionReport:
-    """What :class:`ARLWrapper` did to a model."""
-
-    model: str
-    normalization: str
-    alpha_init: float
-    converted: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    new_keys: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [
-            f"ARL conversion of {self.model}: {len(self.converted)} blocks converted "
-            f"(normalization={self.normalization!r}, alpha_init={self.alpha_init:g})",
-            f"  converted: {', '.join(self.converted) or '-'}",
-        ]
-        for name, why in self.skipped.items():
-            lines.append(f"  skipped:   {name} ({why})")
-        lines.append(f"  new state-dict keys: {', '.join(self.new_keys) or '-'}")
-        return "\n".join(lines)
-
-
-def _looks_like_block(module: nn.Module) -> bool:
-    name = type(module).__name__.lower()
-    return hasattr(module, "downsample") or "block" in name or "bottleneck" in name
-
-
-_BLOCKS_ACCEPTS = (
-    "None (all blocks), a block name or prefix (str, e.g. 'layer4'), a non-empty list of them, "
-    "or a predicate (name, module) -> bool"
-)
-
-
-def _select(
-    candidates: list[tuple[str, nn.Module]],
-    blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None,
-) -> set[str]:
-    names = [n for n, _ in candidates]
-    if blocks is None:
-        return set(names)
-    if isinstance(blocks, nn.Module):
-        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got the module {type(blocks).__name__}")
-    if callable(blocks):
-        chosen = {n for n, m in candidates if blocks(n, m)}
-        if not chosen:
-            raise ValueError(
-                f"blocks: the predicate selects none of the convertible blocks {names}; the model "
-                "would be returned unconverted"
-            )
-        return chosen
-    if isinstance(blocks, str):
-        blocks = [blocks]
-    if isinstance(blocks, bytes) or not isinstance(blocks, Iterable):
-        raise TypeError(f"blocks must be {_BLOCKS_ACCEPTS}; got {type(blocks).__name__} {blocks!r}")
-    given = blocks
-    blocks = list(blocks)
-    if not blocks:
-        raise ValueError(
-            f"blocks={given!r} selects no block, so nothing would be converted; pass None to "
-            f"convert all of {names}, or name some of them"
-        )
-    for pattern in blocks:
-        if not isinstance(pattern, str):
-            raise TypeError(
-                f"blocks must be {_BLOCKS_ACCEPTS}; got the entry {pattern!r} "
-                f"({type(pattern).__name__}) in {blocks!r}"
-            )
-    chosen: set[str] = set()
-    for pattern in blocks:
-        pattern = pattern.rstrip(".")
-        hits = [n for n in names if n == pattern or n.startswith(pattern + ".")]
-        if not hits:
-            raise ValueError(
-                f"blocks: {pattern!r} matches no convertible block; candidates: {names}"
-            )
-        chosen.update(hits)
-    return chosen
+def _no_skip(block: nn.Module) -> str | None:
+    """Why a registered block instance has no skip connection (it stays plain), or None."""
+    spec = _BLOCK_SPECS[type(block)]
+    return None if spec.no_skip is None else spec.no_skip(block)
 
 
 class ARLWrapper(_Rebuildable, nn.Module):
@@ -431,9 +219,11 @@ class ARLWrapper(_Rebuildable, nn.Module):
     with every recognised residual block turned into an ARL block.
 
     Args:
-        model: a timm or torchvision ResNet-family model (ResNet, ResNeXt, wide, SE/ECA, d/s/t stems,
-            blur/aa variants, ``features_only`` models), or any model built from registered blocks
-            (:func:`register_arl_block`).
+        model: a timm or torchvision residual CNN: ResNet (ResNeXt, wide, SE/ECA, d/s/t stems,
+            blur/aa), ResNetV2 (pre-activation), EfficientNet/-Lite/V2, MobileNetV2/V3/V4, ConvNeXt,
+            RegNetX/Y, their ``features_only`` models, or any model built from registered blocks
+            (:func:`register_arl_block`). Blocks without a skip connection (a stride or width
+            change with no shortcut) stay plain and are listed in ``conversion_report.skipped``.
         normalization: ``"spatial"`` (paper default), ``"channel"``, ``"sigmoid"``, a registered name or
             a callable.
         alpha_init: initial value of every block's scale gate (paper: 1e-3; 0 reproduces the source).
@@ -478,17 +268,21 @@ class ARLWrapper(_Rebuildable, nn.Module):
         get_normalization(normalization)
         alpha_init = _check_alpha(alpha_init)
 
-        candidates = [(n, m) for n, m in model.named_modules() if type(m) in _BLOCK_SPECS]
+        registered = [(n, m) for n, m in model.named_modules() if type(m) in _BLOCK_SPECS]
+        no_skip = {n: r for n, m in registered if (r := _no_skip(m)) is not None}
+        candidates = [(n, m) for n, m in registered if n not in no_skip]
         if not candidates:
             found = sorted(
                 {type(m).__name__ for m in model.modules() if any(True for _ in m.children())}
                 - {"Sequential", "ModuleList", "ModuleDict", type(model).__name__}
             )
+            without = f" ({len(no_skip)} blocks without a skip connection)" if no_skip else ""
             raise TypeError(
-                f"{type(model).__name__} has no residual block that ARL can convert; it contains "
-                f"{found or 'no composite module'}; supported block types: {list_arl_block_types()}"
+                f"{type(model).__name__} has no residual block that ARL can convert{without}; it "
+                f"contains {found or 'no composite module'}; supported block types: "
+                f"{list_arl_block_types()}"
             )
-        chosen = _select(candidates, blocks)
+        chosen = select_blocks(candidates, blocks)
 
         model = model if inplace else copy.deepcopy(model)
         norm_name = (
@@ -497,16 +291,19 @@ class ARLWrapper(_Rebuildable, nn.Module):
             else getattr(normalization, "__name__", repr(normalization))
         )
         report = ConversionReport(type(model).__name__, norm_name, alpha_init)
+        unsupported = unsupported_blocks(model, is_arl_block)
         for name, module in model.named_modules():
-            if type(module) in _BLOCK_SPECS:
+            if name in no_skip:
+                report.skipped[name] = no_skip[name]
+            elif type(module) in _BLOCK_SPECS:
                 if name in chosen:
                     _convert_block_(module, normalization, alpha_init)
                     report.converted.append(name)
                     report.new_keys.append(f"{name}.alpha")
                 else:
                     report.skipped[name] = "not selected"
-            elif _looks_like_block(module) and not is_arl_block(module) and module is not model:
-                report.skipped[name] = f"unsupported block type {type(module).__name__}"
+            elif name in unsupported:
+                report.skipped[name] = unsupported[name]
         model.__class__ = _subclass(ARLWrapper, type(model))
         model.conversion_report = report
         return model  # type: ignore[return-value]
