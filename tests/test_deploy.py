@@ -148,6 +148,7 @@ def test_onnx_arl_resnet_with_attention_outputs_matches_onnxruntime(tmp_path):
     graph = onnx.load(str(tmp_path / "arl.onnx")).graph
     assert [o.name for o in graph.output] == wrapped.output_names
     assert not [n.op_type for n in graph.node if "arl" in n.op_type.lower()]
+    assert {n.domain for n in graph.node} <= {"", "ai.onnx"}  # standard operators only
 
 
 def _slow_model(kind: str) -> torch.nn.Module:
