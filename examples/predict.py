@@ -82,6 +82,9 @@ def profile_from_config(config: dict[str, Any], run: Path) -> dict[str, Any]:
         raise KeyError(f"settings of none of {', '.join(SCRIPTS)}")
     p: dict[str, Any] = {"script": script, "image_size": int(s["image_size"])}
     p["load_size"] = s.get("load_size")
+    if p["load_size"] is not None:  # the run read its images through this resized-image cache
+        default = "isic2017-resized" if script == "isic2017_arl" else "isic-resized"
+        p["cache_dir"] = s.get("cache_dir") or f"~/.cache/attnblocks/{default}"
     if script == "isic2017_arl":
         task = s.get("task", "both")
         p |= {"views": "arl9", "test_views": s.get("test_views", "deterministic"),
@@ -106,8 +109,10 @@ def profile_from_config(config: dict[str, Any], run: Path) -> dict[str, Any]:
               "load_size": None}  # fmt: skip
         if s.get("data_root") is not None:  # real data: loaded at the longer input side
             p["load_size"] = max(care_input_size(p["image_size"]))
-    p["split"] = {"val_fraction": s.get("val_fraction", 0.1),
-                  "test_fraction": s.get("test_fraction", 0.2)}  # fmt: skip
+    p["split"] = {}  # ISIC 2018 lesion split: AttnMel keeps the dataset's default fractions
+    if script == "isic2018_care":
+        p["split"] = {"val_fraction": s["val_fraction"], "test_fraction": s["test_fraction"]}
+    p["checkpoint"] = "last.pt" if s.get("select") == "last" else "best.pt"
     p["split_file"] = str(run / "split.json") if (run / "split.json").is_file() else None
     return p
 
@@ -180,8 +185,8 @@ def load_run(run: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         profile = profile_from_config(config, run)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"{cfg_path} is not a training run's config.json: {err!r}") from err
-    ckpt = run / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
+    ckpt = run / "checkpoints" / profile["checkpoint"]  # the one the run tested
+    if not ckpt.is_file():  # a run without a best epoch (CARE without stage 2) tested last.pt
         ckpt = run / "checkpoints" / "last.pt"
         if not ckpt.is_file():
             raise UserError(f"--run {run} has no checkpoints/best.pt or checkpoints/last.pt")
@@ -340,6 +345,8 @@ def isic_split(p: dict[str, Any], root: Path, split: str, transform) -> SafeISIC
     check_layout(root, layouts[dataset], dataset.upper())
     kw: dict[str, Any] = {"image_size": p.get("load_size"), "skip_bad": True, "progress": False,
                           "load_masks": False}  # fmt: skip
+    if p.get("cache_dir"):  # the same resized (re-encoded) pixels as the run
+        kw["cache_dir"] = Path(p["cache_dir"]).expanduser()
     if dataset == "isic2018":
         kw |= p["split"]
         if p.get("split_file") and Path(p["split_file"]).is_file():  # the run's lesion split

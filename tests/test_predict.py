@@ -241,7 +241,8 @@ def test_arl_run_on_real_isic2017_mini_matches_the_run(tmp_path):
 
     root = shared_subset("isic2017_256_mini")
     run = tmp_path / "arl"
-    isic2017_arl.main(["--data-root", str(root), "--out", str(run), "--quick", *ARL_TINY])
+    cache = ["--load-size", "40", "--cache-dir", str(tmp_path / "cache")]  # resized, re-encoded
+    isic2017_arl.main(["--data-root", str(root), "--out", str(run), "--quick", *ARL_TINY, *cache])
     out = tmp_path / "p.csv"
     predict.main(["--run", str(run), "--data-root", str(root), "--out", str(out), "--no-progress"])
     header, ids, scores = _read(out)
