@@ -53,7 +53,6 @@ from examples.isic import (
     load_image,
     write_predictions_csv,
 )
-from examples.isic.base import IMAGE_SUFFIXES
 from examples.isic.cli import resolve_device
 
 METADATA_KEY = "attnblocks.predict"  # ONNX metadata: the preprocessing and output profile (JSON)
@@ -285,18 +284,25 @@ class OnnxModel:
 
 
 class ImageFolder(Dataset):
-    """The images of a folder (not its sub-folders), sorted by name; id = file name stem."""
+    """The images of a folder (not its sub-folders), sorted by name; id = file name stem.
+
+    ``.jpg``/``.jpeg``/``.png`` files in any case; ISIC 2017's ``*_superpixels.png`` are not
+    images of their own. The other files are counted and named on stderr, not read.
+    """
 
     def __init__(self, folder: Path, transform, load_size: int | None) -> None:
         if not folder.is_dir():
             raise UserError(f"--images {folder} is not a folder")
-        self.paths = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES
-        )
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        self.paths = [p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                      and not p.name.endswith("_superpixels.png")]  # fmt: skip
+        other = [p.name for p in files if p not in self.paths]
+        if other:
+            shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+            print(f"--images: {len(other)} files that are not images left aside ({shown})",
+                  file=sys.stderr)  # fmt: skip
         if not self.paths:
-            raise UserError(
-                f"--images {folder} holds no image ({', '.join(IMAGE_SUFFIXES[:3])} ...)"
-            )
+            raise UserError(f"--images {folder} holds no image (.jpg, .jpeg, .png)")
         self.ids = [p.stem for p in self.paths]
         dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
         if dup:

@@ -116,11 +116,16 @@ def test_export_dynamic_batch_and_size_with_attention_outputs():
             assert (g - w).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("kind", ["arl_resnet", "gated", "attnmel_vgg16"])
+@pytest.mark.parametrize("kind", ["arl_resnet", "arl_efficientnet_lite0", "gated", "attnmel_vgg16"])
 def test_jit_trace_emits_no_library_warning(kind):
     torch.manual_seed(0)
     if kind == "arl_resnet":
         model = ab.AttentionOutputs(_arl_resnet())
+    elif kind == "arl_efficientnet_lite0":
+        try:
+            model = ab.AttentionOutputs(ab.ARLWrapper(timm.create_model("efficientnet_lite0")))
+        except TypeError as err:
+            pytest.skip(f"ARL does not convert EfficientNet blocks here: {err}")
     elif kind == "gated":
         model = ab.AttentionGatedNet("test_efficientnet", gate_stages=(2, 3), num_classes=2)
     else:

@@ -128,7 +128,7 @@ def test_image_folder_lists_and_skips_unreadable_images(tiny_root, arl_run, tmp_
     result = predict.main(["--run", str(arl_run), "--images", str(images), "--out", str(out),
                            "--no-progress", "--overlays", "--batch-size", "2"])  # fmt: skip
     err = capsys.readouterr().err
-    assert "broken" in err and "unreadable" in err
+    assert "broken" in err and "unreadable" in err and "1 files that are not images" in err
     header, ids, scores = _read(out)
     assert header == ["image_id", "melanoma", "seborrheic_keratosis"]
     assert ids == [p.stem for p in kept] and result["unreadable"] == ["broken"]
