@@ -551,10 +551,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if overlays is not None:
         overlays.mkdir(parents=True, exist_ok=True)
     ids, probs, bad = run_predictions(model, loader, profile, device, overlays, args.progress)
-    early = [(i, "cannot read image (found when the split was read)") for i in data.skipped]
-    for image_id, _ in early:
-        print(f"unreadable, skipped: {image_id}", file=sys.stderr)
-    bad = early + bad
+    bad = [(i, "cannot read image (logged when the split was read)") for i in data.skipped] + bad
     unreadable = out.with_name(f"{out.stem}.unreadable.txt")
     if bad:
         from examples.isic.cache import atomic_write

@@ -140,6 +140,24 @@ def test_image_folder_lists_and_skips_unreadable_images(tiny_root, arl_run, tmp_
     assert sorted(p.stem for p in (out.parent / "folder_overlays").glob("*.png")) == sorted(ids)
 
 
+def test_isic_split_lists_and_skips_unreadable_images(tiny_root, arl_run, tmp_path, caplog):
+    root = tmp_path / "isic2017"
+    shutil.copytree(tiny_root, root)
+    data = root / "ISIC-2017_Test_v2_Data"
+    broken = sorted(p for p in data.glob("ISIC_*") if "superpixels" not in p.name)[1]
+    broken.write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "split.csv"
+    predict.main(["--run", str(arl_run), "--data-root", str(root), "--out", str(out),
+                  "--no-progress"])  # fmt: skip
+    assert broken.name in caplog.text  # logged with the reason when the split is read
+    _, ids, scores = _read(out)
+    _, run_ids, run_scores = _read(arl_run / "predictions.csv")
+    assert ids == [i for i in run_ids if i != broken.stem]
+    assert np.abs(scores - run_scores[[run_ids.index(i) for i in ids]]).max() <= TOL
+    listed = (tmp_path / "split.unreadable.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [broken.stem]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
