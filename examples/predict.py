@@ -410,8 +410,10 @@ def overlay_maps(model: Any, x: torch.Tensor, p: dict[str, Any], maps: list[torc
         return out
     with torch.no_grad():
         cls = model(x).argmax(1)
-    layer = p.get("target_layer") or None
-    cam, _ = ab.grad_cam(model, x, layer, cls) if layer else ab.grad_cam(model, x, target=cls)
+    from examples.isic2018_care import target_layer
+
+    layer = p.get("target_layer") or target_layer(model, "auto")  # the run's Grad-CAM layer
+    cam, _ = ab.grad_cam(model, x, layer, cls)
     return {"Grad-CAM": cam.detach().float().clamp(0, 1)}
 
 
@@ -435,7 +437,7 @@ def run_predictions(model: Any, loader: DataLoader, p: dict[str, Any], device: t
     from tqdm.auto import tqdm
 
     ids, probs, bad = [], [], []
-    names = [n for n in getattr(model, "output_names", [])[1:]]
+    names = list(getattr(model, "output_names", []))[1:]  # ONNX attention outputs
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         bad.extend(batch["errors"])
         for image_id, reason in batch["errors"]:
