@@ -526,6 +526,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     check_args(args)
     device = resolve_device(args.device)
+    for target in (args.out, args.export_onnx):  # an unwritable place fails now, not at the end
+        if target is not None:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                probe = target.parent / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as err:
+                raise UserError(f"cannot write {target}: {err.strerror or err}") from err
     if args.run is not None:
         model, profile, _ = load_run(args.run)
         model = model.to(device)

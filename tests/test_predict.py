@@ -166,6 +166,7 @@ def test_isic_split_lists_and_skips_unreadable_images(tiny_root, arl_run, tmp_pa
         (["--run", "{run}"], "nothing to predict"),
         (["--run", "{run}", "--images", "{imgs}"], "--out CSV is required"),
         (["--run", "{run}", "--images", "{imgs}", "--out", "p.txt"], "must be a .csv"),
+        (["--run", "{run}", "--images", "{imgs}", "--out", "/proc/p/p.csv"], "cannot write"),
         (["--run", "{run}", "--images", "{imgs}", "--out", "{imgs}/p.csv"], "lies inside"),
         (["--run", "{run}", "--images", "{imgs}", "--data-root", "{imgs}", "--out", "p.csv"], "not both"),
         (["--run", "{imgs}", "--images", "{imgs}", "--out", "p.csv"], "no config.json"),
