@@ -6,13 +6,14 @@ PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: help install demo quickstart test test-all lint format bench wheel clean
+.PHONY: help install demo quickstart test test-all lint format bench bench-gpu wheel clean
 
 help:
 	@echo "make demo      set up .venv and train ARL-CNN on the embedded synthetic ISIC 2017 data"
 	@echo "make test      set up .venv and run the fast test suite (lint included)"
 	@echo "make test-all  also run the slow tests (compile, end-to-end training)"
 	@echo "make bench     quick profiles of the benchmarks (CPU)"
+	@echo "make bench-gpu every CUDA figure, once, with the python it finds (no venv; PYTHON=... to override)"
 	@echo "make wheel     build the wheel into dist/"
 
 $(VENV)/.installed: pyproject.toml
@@ -47,6 +48,10 @@ bench: install
 	$(PY) -m benchmarks.memory --quick
 	$(PY) -m benchmarks.models --device cpu --quick
 	$(PY) -m benchmarks.blocks --device cpu --quick
+
+# No venv and no downloads: a GPU machine's own PyTorch, Triton and timm run the package from here.
+bench-gpu:
+	bash benchmarks/gpu.sh
 
 wheel: install
 	$(PY) -m pip wheel --no-deps -w dist .

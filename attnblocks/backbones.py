@@ -16,10 +16,13 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
+import torch
 from timm.models._features import FeatureGetterNet
 from timm.models.vgg import VGG
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from ._tracing import is_symbolic_tracing
 from .checkpoint import LoadReport, load_state_dict_report, read_state_dict
 
 __all__ = [
@@ -38,6 +41,8 @@ class PooledVGGFeatures(nn.Module):
 
     Keeps the VGG as ``self.model`` in its timm key layout (``features.N.*``, which torchvision's
     VGG shares), with the head removed and ``features`` cut after the last pool needed.
+    ``forward_stages(x)`` returns every pool up to the last one kept (pool-1 first);
+    ``min_input_size`` is the smallest input side the kept pools accept (2 ** number of pools).
     """
 
     def __init__(self, model: VGG, out_indices: Sequence[int]) -> None:
@@ -51,18 +56,48 @@ class PooledVGGFeatures(nn.Module):
         self.channels = [model.feature_info[i]["num_chs"] for i in self.out_indices]
         self.reductions = [2 ** (i + 1) for i in self.out_indices]
         self._taps = tuple(pools[i] for i in self.out_indices)
+        last = max(self.out_indices)
+        self._all_taps = tuple(pools[: last + 1])
+        self.stage_channels = [model.feature_info[i]["num_chs"] for i in range(last + 1)]
+        self.stage_modules = [f"model.features.{i}" for i in self._all_taps]
+        self.min_input_size = 2 ** (last + 1)
+        self.grad_checkpointing = False
         model.features = model.features[: max(self._taps) + 1]
         model.pre_logits = nn.Identity()
         model.head = nn.Identity()
         self.model = model
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each conv block (up to its pool) in the backward pass instead of storing it."""
+        self.grad_checkpointing = bool(enable)
+
+    def _blocks(self, x: Tensor, taps: tuple[int, ...]) -> list[Tensor]:
         out = []
-        for i, layer in enumerate(self.model.features):
-            x = layer(x)
-            if i in self._taps:
+        start = 0
+        for end in self._all_taps:
+            segment = self.model.features[start : end + 1]
+            if self.grad_checkpointing and torch.is_grad_enabled() and not is_symbolic_tracing():
+                x = checkpoint(segment, x, use_reentrant=False)
+            else:
+                x = segment(x)
+            if end in taps:
                 out.append(x)
+            start = end + 1
         return out
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every pool from pool-1 to the last one kept, in order."""
+        return self._blocks(x, self._all_taps)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if not self.grad_checkpointing:
+            out = []
+            for i, layer in enumerate(self.model.features):
+                x = layer(x)
+                if i in self._taps:
+                    out.append(x)
+            return out
+        return self._blocks(x, self._taps)
 
 
 def is_features_only(model: nn.Module) -> bool:

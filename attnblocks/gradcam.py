@@ -73,6 +73,11 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
 def default_target_layer(model: nn.Module) -> str:
     """The name of the last feature stage of a timm model (``model.feature_info[-1]["module"]``).
 
+    This is ``"layer4"`` for a ResNet (plain, ``ARLWrapper``'d, :func:`~attnblocks.arl_cnn14`),
+    ``"blocks.6"`` for an EfficientNet-B0/Lite0, and the module whose output is the global stage's
+    map for an :class:`~attnblocks.AttentionGatedNet` (its ``cam_layer``, e.g.
+    ``"backbone.model.features.43"``, pool-5, for :func:`~attnblocks.attnmel_vgg16`).
+
     Raises:
         ValueError: if the model carries no timm ``feature_info``; pass the layer name explicitly.
     """
@@ -218,7 +223,7 @@ class GradCAMOutput(tuple):
 def grad_cam(
     model: nn.Module,
     images: Tensor,
-    target_layer: str | nn.Module,
+    target_layer: str | nn.Module | None = None,
     targets: Tensor | None = None,
     *,
     detach_weights: bool = True,
@@ -235,7 +240,9 @@ def grad_cam(
         model: a classifier returning ``(N, num_classes)`` logits.
         images: ``(N, C, H, W)`` input batch.
         target_layer: name (as in ``model.named_modules()``) or module whose output is the map's
-            feature layer, e.g. ``"layer4"`` for a ResNet.
+            feature layer, e.g. ``"layer4"`` for a ResNet. ``None`` (default): the model's last
+            feature stage, :func:`default_target_layer` (timm models, ``ARLWrapper`` models,
+            :class:`~attnblocks.AttentionGatedNet`).
         targets: ``(N,)`` class per image; ``None`` uses the predicted class.
         detach_weights, relu, normalize: see :func:`grad_cam_from_activation`.
         upsample: upsample the map to the input size ``(H, W)`` (default).
@@ -254,6 +261,8 @@ def grad_cam(
     if not isinstance(images, Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
+    if target_layer is None:
+        target_layer = default_target_layer(model)
     _, layer = resolve_layer(model, target_layer)
     with torch.enable_grad():
         with capture_activation(layer) as store:

@@ -7,6 +7,7 @@ from typing import Any
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
@@ -17,33 +18,98 @@ from .normalize import NormalizationFn
 __all__ = ["arl_cnn14", "arl_cnn50", "resnet14"]
 
 
-def resnet14(num_classes: int = 2, **kwargs: Any) -> ResNet:
-    """ResNet-14: bottleneck blocks, one per stage (layers [1, 1, 1, 1]), plain 7x7 stem.
-
-    The plain counterpart of ARL-CNN14 (ARL paper, Table I). ``kwargs`` go to timm's ``ResNet``
-    (``in_chans``, ``drop_rate``, ``drop_path_rate``, ``device``, ...).
-    """
-    model = ResNet(block=Bottleneck, layers=(1, 1, 1, 1), num_classes=num_classes, **kwargs)
-    model.pretrained_cfg = {
-        "architecture": "resnet14",
+def _cfg(architecture: str, num_classes: int = 2) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` of the ResNet-14 family (no released weights: ``url`` is empty)."""
+    return {
+        "architecture": architecture,
+        "url": "",
         "num_classes": num_classes,
         "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "conv1",
         "classifier": "fc",
     }
-    return model
+
+
+# read by timm's register_model: the pretrained_cfg of each registered name
+default_cfgs = generate_default_cfgs(
+    {
+        "arl_cnn14": _cfg("arl_cnn14"),
+        "arl_cnn14_plain": _cfg("arl_cnn14_plain"),
+        # the preprocessing of the builder's default backbone, timm's resnet50; the weights are
+        # timm's resnet50 ones (pretrained=True) or a local file, not a file of their own
+        "arl_cnn50": {
+            **timm.models.get_pretrained_cfg("resnet50").to_dict(),
+            "architecture": "arl_cnn50",
+            "num_classes": 2,
+            "url": "",
+            "hf_hub_id": None,
+        },
+    }
+)
+
+
+def _no_weights(name: str, pretrained: bool) -> None:
+    if pretrained:
+        raise ValueError(
+            f"{name} has no pretrained weights (it is trained from scratch); load a checkpoint of "
+            "your own with ab.load_checkpoint(model, path)"
+        )
+
+
+def _resnet14(
+    architecture: str,
+    num_classes: int,
+    pretrained: bool = False,
+    pretrained_cfg: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ResNet:
+    _no_weights(architecture, pretrained)
+    return build_model_with_cfg(
+        ResNet,
+        architecture,
+        pretrained=False,
+        pretrained_cfg=pretrained_cfg or _cfg(architecture, num_classes),
+        block=Bottleneck,
+        layers=(1, 1, 1, 1),
+        num_classes=num_classes,
+        **kwargs,
+    )
+
+
+def resnet14(num_classes: int = 2, *, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-14: bottleneck blocks, one per stage (layers [1, 1, 1, 1]), plain 7x7 stem.
+
+    The plain counterpart of ARL-CNN14 (ARL paper, Table I), built by timm's
+    ``build_model_with_cfg``, so that it has a full ``pretrained_cfg`` (``input_size``,
+    ``pool_size``, ``crop_pct``, ``interpolation``, ``mean``/``std``, ``first_conv``,
+    ``classifier``) and takes timm's options: ``features_only=True``, ``out_indices``,
+    ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``, ``device``, ...
+    ``timm.create_model("arl_cnn14_plain")`` builds the same network once ``attnblocks`` is
+    imported. There are no pretrained weights (``pretrained=True`` raises ``ValueError``).
+    """
+    return _resnet14("arl_cnn14_plain", num_classes, pretrained, **kwargs)
 
 
 def arl_cnn14(
     num_classes: int = 2,
     normalization: str | NormalizationFn = "spatial",
     alpha_init: float = 1e-3,
+    *,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> ARLWrapper:
-    """ARL-CNN14 (ARL paper, Table I): :func:`resnet14` with every block converted; train from scratch."""
-    return ARLWrapper(resnet14(num_classes, **kwargs), normalization, alpha_init, inplace=True)
+    """ARL-CNN14 (ARL paper, Table I): :func:`resnet14` with every block converted; train from scratch.
+
+    ``kwargs`` are :func:`resnet14`'s (timm's ResNet options, ``features_only``, ...).
+    ``timm.create_model("arl_cnn14")`` builds the same network once ``attnblocks`` is imported.
+    """
+    plain = _resnet14("arl_cnn14", num_classes, pretrained, **kwargs)
+    return ARLWrapper(plain, normalization, alpha_init, inplace=True)
 
 
 def arl_cnn50(
@@ -77,3 +143,18 @@ def arl_cnn50(
     if report is not None:
         model.load_report = report
     return model
+
+
+# timm names: ``timm.create_model("arl_cnn14" | "arl_cnn14_plain" | "arl_cnn50", ...)`` once
+# attnblocks is imported (no timm model has these names). ``arl_cnn14_plain`` is ResNet-14: timm
+# has other, different ResNets of depth 14 (``resnet14t``), hence not ``resnet14``.
+
+
+@register_model
+def arl_cnn14_plain(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-14, the plain baseline of ARL-CNN14 (:func:`resnet14`)."""
+    return resnet14(pretrained=pretrained, **kwargs)
+
+
+register_model(arl_cnn14)
+register_model(arl_cnn50)

@@ -41,16 +41,23 @@ STAGES: dict[str, tuple[int, int]] = {  # name -> (channels, spatial size) of Re
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# Nominal DRAM bandwidth (bytes/s) from the vendors' datasheets, by device name, for PyTorch
+# versions whose device properties lack the memory clock and bus width.
+_DATASHEET = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+              "A100-SXM4-80GB": 2.039e12, "A100-PCIE-80GB": 1.935e12, "A100": 1.555e12}  # fmt: skip
+
+
 def nominal_peak_bandwidth(device: torch.device) -> float | None:
-    """Nominal DRAM bandwidth in bytes/s of a CUDA device (None where the properties lack it)."""
+    """Nominal DRAM bandwidth in bytes/s of a CUDA device: from its memory clock and bus width, else
+    from the datasheet figure of its name (None where neither is known)."""
     if device.type != "cuda":
         return None
     props = torch.cuda.get_device_properties(device)
     clock_khz = getattr(props, "memory_clock_rate", None)
     bus_bits = getattr(props, "memory_bus_width", None)
-    if not clock_khz or not bus_bits:
-        return None
-    return 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
+    if clock_khz and bus_bits:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
+    return next((bw for name, bw in _DATASHEET.items() if name in props.name), None)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, min_run_time: float = 0.2) -> float:
@@ -240,21 +247,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge-backend",
         default=None,
         choices=merge.list_merge_backends(),
-        help="default: compiled on CUDA, the library's default (native) on CPU",
+        help="default: the library's (native: Triton on CUDA, fused C++ on CPU)",
     )
     p.add_argument("--shrink", type=int, default=None, help="divide C and H, W (quick: 8)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--copy-bytes", type=int, default=None)
     args = p.parse_args(argv)
-    device = harness.resolve_device(args.device)
+    harness.resolve_device(args.device)  # an unknown device is an error before any work
     quick = args.quick
     defaults = {
         "batch_sizes": [2] if quick else [32, 64, 128],
         "dtypes": ["fp32"] if quick else ["fp32", "bf16", "fp16"],
         "channels_last": [False] if quick else [False, True],
-        "merge_backend": (
-            "compiled" if device.type == "cuda" and not quick else merge.get_merge_backend()
-        ),
+        "merge_backend": merge.get_merge_backend(),
         "shrink": 8 if quick else 1,
         "rounds": 2 if quick else 5,
         "min_run_time": 0.005 if quick else 0.2,

@@ -30,25 +30,29 @@ from .models import PAIRS, build_pair
 __all__ = ["main", "measure", "peak_bytes", "run"]
 
 
-def peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> int | None:
+def peak_bytes(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> int | None:
     """Peak CUDA memory of forward + backward above the memory in use before (None on CPU)."""
     if x.device.type != "cuda":
         return None
     torch.cuda.synchronize(x.device)
     torch.cuda.reset_peak_memory_stats(x.device)
     before = torch.cuda.memory_allocated(x.device)
-    model(x).float().sum().backward()
+    with harness.autocast(x.device, amp):
+        out = model(x)
+    out.float().sum().backward()
     torch.cuda.synchronize(x.device)
     peak = torch.cuda.max_memory_allocated(x.device) - before
     model.zero_grad(set_to_none=True)
     return int(peak)
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int | None]:
-    """``{"saved_bytes": ..., "peak_bytes": ...}`` of one training-mode step of ``model`` on ``x``."""
+def measure(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> dict[str, int | None]:
+    """``{"saved_bytes": ..., "peak_bytes": ...}`` of one training-mode step of ``model`` on ``x``
+    (under ``amp`` autocast: ``none``, ``bf16`` or ``fp16``)."""
     model.train()
-    saved = harness.saved_tensor_bytes(model, x)
-    return {"saved_bytes": saved, "peak_bytes": peak_bytes(model, x)}
+    with harness.autocast(x.device, amp):
+        saved = harness.saved_tensor_bytes(model, x)
+    return {"saved_bytes": saved, "peak_bytes": peak_bytes(model, x, amp)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,11 +74,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 plain = plain.to(device, memory_format=memory_format)
                 attn = attn.to(device, memory_format=memory_format)
                 if plain_stats is None:
-                    plain_stats = measure(plain, x)
+                    plain_stats = measure(plain, x, args.amp)
                 for backend in backends:
                     if backend is not None:
                         merge.set_merge_backend(backend)
-                    stats = measure(attn, x)
+                    stats = measure(attn, x, args.amp)
                     ratio = stats["saved_bytes"] / plain_stats["saved_bytes"]
                     peak_ratio = (
                         stats["peak_bytes"] / plain_stats["peak_bytes"]
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "batch_size": args.batch_size,
                         "image_size": args.image_size,
                         "channels_last": args.channels_last,
+                        "amp": args.amp,
                     }
                     metrics = {
                         "plain_saved_bytes": plain_stats["saved_bytes"],
@@ -143,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: the library's default backend (native), eager and reference",
     )
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"batch_size": 2 if quick else 8, "image_size": 64 if quick else 224}

@@ -91,13 +91,16 @@ def make_step(
     *,
     amp: str = "none",
     merge_backend: str | None = None,
+    compile: bool = False,
 ) -> Callable[[], None]:
     """A closure running one ``"train"`` or ``"infer"`` step of ``model`` on ``(x, y)``.
 
     ``merge_backend`` is selected at every call, so that two closures with different backends can
-    be timed alternately in one process.
+    be timed alternately in one process. ``compile``: the model runs through ``torch.compile``
+    (compiled at the first, untimed warm-up call).
     """
     device = x.device
+    run_model = torch.compile(model) if compile else model
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -108,7 +111,7 @@ def make_step(
                 merge.set_merge_backend(merge_backend)
             opt.zero_grad(set_to_none=True)
             with harness.autocast(device, amp):
-                loss = loss_fn(model(x).float(), y)
+                loss = loss_fn(run_model(x).float(), y)
             loss.backward()
             opt.step()
 
@@ -119,8 +122,11 @@ def make_step(
         def infer() -> None:
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
-            with torch.inference_mode(), harness.autocast(device, amp):
-                model(x)
+            with (
+                torch.no_grad() if compile else torch.inference_mode(),
+                harness.autocast(device, amp),
+            ):
+                run_model(x)
 
         return infer
     raise ValueError(f"unknown mode {mode!r}; expected 'train' or 'infer'")
@@ -145,14 +151,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pair = PAIRS[name]
             for mode in args.modes:
                 variants = {
-                    pair.plain_name: make_step(copy.deepcopy(plain), x, y, mode, amp=args.amp)
+                    pair.plain_name: make_step(
+                        copy.deepcopy(plain), x, y, mode, amp=args.amp, compile=args.compile
+                    )
                 }
                 backends = args.merge_backends if pair.arl else [None]
                 for backend in backends:
                     label = pair.attn_name if backend is None else f"{pair.attn_name} [{backend}]"
                     variants[label] = make_step(
-                        copy.deepcopy(attn), x, y, mode, amp=args.amp, merge_backend=backend
-                    )
+                        copy.deepcopy(attn), x, y, mode, amp=args.amp, merge_backend=backend,
+                        compile=args.compile,
+                    )  # fmt: skip
                 cmp = harness.compare_alternating(
                     variants,
                     rounds=args.rounds,
@@ -185,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "image_size": args.image_size,
                         "amp": args.amp,
                         "channels_last": args.channels_last,
+                        "compile": args.compile,
                         "normalization": args.normalization if pair.arl else None,
                     }
                     rows.append(
@@ -224,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="time the models under torch.compile")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per variant")
     args = p.parse_args(argv)
     quick = args.quick

@@ -47,9 +47,13 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, float]]:
         if not path.is_file():
             raise ValueError(f"no metrics file at {path}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not a text (UTF-8) metrics file: {exc.reason}") from exc
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if not isinstance(data, Mapping):
             raise ValueError(
                 f"{path}: expected a JSON object of metrics, got {type(data).__name__}"
@@ -128,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f"two-sided {test} two-sample t-test")  # fmt: skip
     print(format_comparison(rows, args.names))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        from examples.isic.cli import write_json
+
+        write_json(args.json, rows)
     return rows
 
 

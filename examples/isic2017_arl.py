@@ -51,8 +51,9 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
+from examples.isic.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer, predict
+from examples.isic.engine import Trainer
 
 SCRIPT = "isic2017_arl"
 PAPER = {
@@ -217,12 +218,20 @@ def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path
     return viz.save_overlays(images, maps, path, titles)
 
 
+@cli.script_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     synthetic = args.data_root is None
     cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
     if args.lr is None:
         args.lr = ARCH_LR[args.arch]
+    cli.check_common_args(args)
+    cli.check_numbers(
+        args,
+        positive=("patches_per_image", "lr_step", "lr_gamma", "patience", "limit", "load_size"),
+        non_negative=("momentum", "weight_decay", "cam_images"),
+        finite=("alpha_init",),
+    )
     device, info = cli.setup_device(args.device, args.amp)
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
     cli.check_layout(root, cli.ISIC2017_LAYOUT, "ISIC 2017")
@@ -233,9 +242,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ds_task = "3class" if args.task == "both" else args.task
     tasks = report.isic2017_tasks(ds_task)
-    load = {"image_size": args.load_size, "progress": info.is_main}
+    load = {"image_size": args.load_size, "progress": info.is_main and args.progress,
+            "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
-        load["cache_dir"] = args.cache_dir or Path.home() / ".cache/attnblocks/isic2017-resized"
+        load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
     train_tf = arl_train_transform(args.image_size, color_constancy=args.color_constancy)
     test_tf = arl_test_transform(
         args.image_size, args.test_views, color_constancy=args.color_constancy
@@ -245,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "val": ISIC2017Dataset(root, "val", ds_task, test_tf, **load),
         "test": ISIC2017Dataset(root, "test", ds_task, test_tf, **load),
     }
+    if info.is_main:
+        cli.write_skipped(out, splits)
     if args.limit is not None:
         splits = {k: cli.LimitedDataset(v, args.limit) for k, v in splits.items()}
     cli.check_not_empty(splits, root)
@@ -257,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    model = build_model(args, num_classes=3 if args.task == "both" else 2)
+    with cli.reading_weights(args.weights):
+        model = build_model(args, num_classes=3 if args.task == "both" else 2)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
@@ -284,10 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
     best_epoch = trainer.load_best()
-    preds = predict(
-        trainer.module, test_loader, device, amp=args.amp, channels_last=args.channels_last,
-        dist_info=info, progress=args.progress, desc="test",
-    )  # fmt: skip
+    preds = trainer.predict(test_loader, desc="test")
     scores, truth = report.isic2017_scores(preds.probs, preds.targets, ds_task)
     metrics = isic2017_metrics(truth, scores, tasks=tasks)
     if info.is_main:

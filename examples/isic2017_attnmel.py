@@ -55,8 +55,9 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
+from examples.isic.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer, predict
+from examples.isic.engine import Trainer
 
 SCRIPT = "isic2017_attnmel"
 PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
@@ -191,16 +192,23 @@ def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
 
 def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]:
     cls, splits, task, _, _ = DATASETS[args.dataset]
-    load: dict[str, Any] = {"image_size": args.load_size, "progress": info.is_main}
+    load: dict[str, Any] = {
+        "image_size": args.load_size, "progress": info.is_main and args.progress,
+        "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
+    }  # fmt: skip
     if args.load_size is not None:
-        load["cache_dir"] = args.cache_dir or Path.home() / ".cache/attnblocks/isic-resized"
+        load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic-resized"
     if args.dataset == "isic2018":
         load["split_file"] = Path(args.out) / "split.json"
+        load["split_mismatch"] = "error" if args.resume else "replace"
     train_tf = attnmel_train_transform(args.image_size)
     eval_tf = attnmel_eval_transform(args.image_size)
     out = {}
     for name, split in zip(("train", "val", "test"), splits, strict=True):
         out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
+    if info.is_main:
+        cli.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
+                                     args.dataset != "isic2016"})  # fmt: skip
     if args.dataset == "isic2016":  # no official validation split
         out["val"] = _holdout(out["val"], args.val_fraction, args.seed, "val")
         out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
@@ -261,6 +269,7 @@ def jaccard_on(net: ab.AttentionGatedNet, dataset: Any, device: torch.device, ba
     return {f"gate{k}": s / count for k, s in enumerate(sums)} | {"images": count}
 
 
+@cli.script_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     synthetic = args.data_root is None
@@ -269,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"--dataset {args.dataset} needs --data-root (the synthetic default is ISIC 2017)"
         )
     cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    cli.check_common_args(args)
+    cli.check_numbers(
+        args,
+        positive=("oversample", "lr_step", "lr_gamma", "patience", "limit", "load_size"),
+        non_negative=("focal_gamma", "lambdas", "momentum", "weight_decay", "overlay_images",
+                      "gate_stages"),
+        fraction=("val_fraction",),
+    )  # fmt: skip
     if args.roi == "lesion" and args.normalization != "sigmoid":
         raise ValueError(
             "--roi lesion needs --normalization sigmoid (a softmax map scores Dice ~0)"
@@ -296,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
     torch.manual_seed(args.seed)
-    net = build_model(args, num_classes)
+    with cli.reading_weights(args.weights):
+        net = build_model(args, num_classes)
     if net.load_report is not None and info.is_main:
         logging.info("backbone weights %s: %s", args.weights, net.load_report)
     if args.roi == "lesion" and len(net.gates) != len(args.lambdas):
@@ -337,10 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
     best_epoch = trainer.load_best()
-    preds = predict(
-        trainer.module, test_loader, device, amp=args.amp, channels_last=args.channels_last,
-        dist_info=info, progress=args.progress, desc="test",
-    )  # fmt: skip
+    preds = trainer.predict(test_loader, desc="test")
     if multiclass:
         metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names)
         scores, columns = preds.probs, list(train.csv_columns)

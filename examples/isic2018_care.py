@@ -46,20 +46,25 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
 
 import attnblocks as ab
 from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
-from examples.isic.checkpointing import config_differences
+from examples.isic.checkpointing import config_differences, read_checkpoint
 from examples.isic.cli import (
     add_common_args,
+    check_common_args,
+    check_numbers,
     default_out_dir,
     prepare_out_dir,
+    reading_weights,
     resolve_profile,
     run_cli,
     run_settings,
     save_config,
+    script_main,
     setup_device,
     write_json,
+    write_skipped,
 )
 from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer, atomic_save, predict
+from examples.isic.engine import Trainer, atomic_save
 from examples.isic.metrics import multiclass_metrics, write_predictions_csv
 from examples.isic.report import flatten_metrics, format_multiclass_table
 from examples.isic.synthetic2018 import default_synthetic2018_root
@@ -229,6 +234,8 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
         base = ISIC2018Dataset(
             root, split, split_file=out / "split.json", image_size=load_size,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+            split_mismatch="error" if args.resume else "replace", skip_bad=args.skip_bad,
+            cache_workers=args.workers, verify=True, progress=False,
         )  # fmt: skip
         if len(base) == 0:
             raise ValueError(
@@ -249,9 +256,7 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
 def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, Any]) -> None:
     """Copy the stage-1 state of another run into ``OUT/checkpoints/last.pt`` to resume from it."""
     src = Path(args.stage1_from) / "checkpoints" / "last.pt"
-    if not src.is_file():
-        raise ValueError(f"--stage1-from: no checkpoint at {src}")
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    state = read_checkpoint(src, "--stage1-from")
     if state["epoch"] != args.stage1_epochs - 1:
         raise ValueError(
             f"--stage1-from: {src} is at epoch {state['epoch']}, not at the end of stage 1 "
@@ -268,18 +273,38 @@ def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, 
         shutil.copyfile(Path(args.stage1_from) / "split.json", out / "split.json")
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_common_args(args)
+    check_numbers(
+        args,
+        positive=("tau", "synthetic_n", "train_limit"),
+        non_negative=("box_margin", "weight_decay", "mix"),
+        fraction=("val_fraction", "test_fraction"),
+    )
+    if args.mix > 1:
+        raise ValueError(f"--mix must lie in [0, 1], got {args.mix}")
     if args.stage1_epochs > args.epochs or args.stage1_epochs < 0:
         raise ValueError(
             f"--stage1-epochs {args.stage1_epochs} must lie in [0, --epochs {args.epochs}]"
         )
     rare = rare_indices(args.rare_classes)
     device, dist = setup_device(args.device, args.amp)
-    out = prepare_out_dir(args.out or default_out_dir("isic2018_care"), args.resume, args.data_root)
+    args.out = args.out or default_out_dir("isic2018_care")
+    out = prepare_out_dir(args.out, args.resume, args.data_root) if dist.is_main else Path(args.out)
+    dist.barrier()
     torch.manual_seed(args.seed)
     sets = load_data(args, out)
-    model = build_model(args)
+    if dist.is_main:
+        write_skipped(out, sets)
+    if len(sets["train"]) < 2:
+        raise ValueError(
+            f"CARE needs at least 2 training images (BatchNorm), the train split has "
+            f"{len(sets['train'])}; raise --train-limit or lower --val-fraction/--test-fraction"
+        )
+    with reading_weights(None if args.weights in ("none", "timm") else args.weights):
+        model = build_model(args)
     layer = target_layer(model, args.target_layer)
     care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
                    outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip
@@ -289,8 +314,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if sampler is None and dist.enabled:
         sampler = WeightedSampler(np.ones(len(weights)), replacement=False, seed=args.seed)
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.workers}
+    # drop a last partial batch only when there is more than one batch: a train split smaller
+    # than --batch-size trains in one smaller batch (a single image would break BatchNorm)
+    n_train = len(sets["train"])
+    drop_last = n_train > args.batch_size
+    if n_train < args.batch_size:
+        print(f"note: {n_train} training images, fewer than --batch-size {args.batch_size}: "
+              "one batch per epoch")  # fmt: skip
     train_loader = DataLoader(
-        sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=True, **loader_kw
+        sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=drop_last, **loader_kw
     )
     eval_loader = {s: shard_loader(sets[s], dist, **loader_kw) for s in ("val", "test")}
 
@@ -340,17 +372,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save_config(out, args, target_layer=layer, rare_class_indices=rare,
                     data={s: d.base.summary() for s, d in sets.items()})  # fmt: skip
     last = out / "checkpoints" / "last.pt"
-    set_epoch(
-        torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1 if resume else 0
-    )
+    set_epoch(read_checkpoint(last, "--resume")["epoch"] + 1 if resume else 0)
     history = trainer.fit(
         train_loader, eval_loader["val"], args.epochs, resume=resume, on_epoch_end=on_epoch_end
     )
 
     has_best = (out / "checkpoints" / "best.pt").is_file()  # none when there is no stage 2
     chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
-    preds = predict(trainer.module, eval_loader["test"], device, amp=args.amp,
-                    channels_last=args.channels_last, dist_info=dist)  # fmt: skip
+    preds = trainer.predict(eval_loader["test"], desc="test")
     used_care = not args.no_care and args.epochs > args.stage1_epochs
     metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)
     metrics |= {

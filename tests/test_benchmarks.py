@@ -224,3 +224,81 @@ def test_blocks_quick(tmp_path, capsys):
         assert row["metrics"]["merge_arl_share_of_peak"] is None  # CPU: no nominal peak
     assert "copy bandwidth" in capsys.readouterr().out
     assert blocks.nominal_peak_bandwidth(torch.device("cpu")) is None
+
+
+# --- the CUDA run: gpu.sh and its report --------------------------------------------------------
+
+
+def _doc(benchmark: str, rows: list[dict]) -> dict:
+    return make_payload(benchmark, rows, config={}, metadata=run_metadata("cpu"))
+
+
+def test_gpu_report_reads_the_runs_and_sets_them_against_the_targets(tmp_path):
+    from benchmarks import gpu_report
+
+    block = {"stage": "layer1", "batch_size": 64, "channels_last": True}
+    write_results(_doc("blocks", [
+        {"name": "a", "params": {**block, "mode": "fwd"},
+         "metrics": {"merge_arl_bytes_per_s": 4.0e12, "merge_arl_share_of_peak": 0.83}},
+        {"name": "b", "params": {**block, "mode": "fwd_bwd"}, "metrics": {"ratio_median": 1.02}},
+    ]), tmp_path / "blocks-cuda-bf16.json")  # fmt: skip
+    pair = {"pair": "resnet50", "plain": "ResNet-50", "model": "ARL-ResNet-50 [native]",
+            "batch_size": 256, "compile": True}  # fmt: skip
+    ratios = {"ratio_median": 1.04, "ratio_min": 1.0, "ratio_max": 1.1}
+    write_results(_doc("models", [
+        {"name": "t", "params": {**pair, "mode": "train"}, "metrics": ratios},
+        {"name": "i", "params": {**pair, "mode": "infer"}, "metrics": ratios},
+    ]), tmp_path / "models-cuda-bf16-compile-b256.json")  # fmt: skip
+    rows = {r["figure"]: r for r in gpu_report.report(tmp_path, "cuda")}
+    merge_row = rows["merge fwd layer1 b64 channels_last"]
+    assert (
+        merge_row["value"] == "4000 GB/s = 83% of peak" and merge_row["verdict"] == "meets target"
+    )
+    assert rows["block fwd+bwd layer1 b64 channels_last"]["value"] == "1.020"
+    name = "ARL-ResNet-50 [native] / ResNet-50 {} b256 compile"
+    assert rows[name.format("train")]["verdict"] == "meets target"  # 1.04 <= 1.05
+    assert rows[name.format("infer")]["verdict"] == "misses target"  # 1.04 > 1.03
+
+
+def test_nominal_peak_bandwidth_falls_back_to_the_datasheet(monkeypatch):
+    class Props:
+        name = "NVIDIA H200"
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    assert blocks.nominal_peak_bandwidth(torch.device("cuda")) == 4.8e12
+
+
+def test_models_compile_flag_wraps_the_model(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)
+    model = torch.nn.Linear(4, 2)
+    step = models.make_step(
+        model, torch.randn(3, 4), torch.tensor([0, 1, 0]), "infer", compile=True
+    )
+    step()
+    assert seen == [model]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_section_on_cpu_in_quick_mode(tmp_path):
+    """The script a GPU machine runs once: every section (but the minutes-long CPU compile) runs,
+    writes its JSON, and the report reads them back."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "QUICK": "1", "DEVICE": "cpu", "COMPILE": "0"}
+    env["OUT"] = str(tmp_path)
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env,
+        cwd=root, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == ["blocks-cpu-bf16.json", "memory-cpu-bf16.json", "models-cpu-bf16-b2.json",
+                     "models-cpu-bf16-b4.json", "models-cpu-bf16-vgg16-b2.json"]  # fmt: skip
+    assert (
+        "not a CUDA device" in done.stdout and "ARL-ResNet-50 [native] / ResNet-50" in done.stdout
+    )

@@ -257,8 +257,12 @@ def test_bad_arguments():
         ab.AttentionGatedNet(3, (2, 3))
     with pytest.raises(TypeError, match=r"Conv2d has neither forward_intermediates"):
         ab.AttentionGatedNet(nn.Conv2d(3, 3, 1), (0,))
-    with pytest.raises(ValueError, match=r"num_classes must be an int >= 1, got 0"):
-        ab.AttentionGatedNet("resnet18", (2, 3), num_classes=0)
+    with pytest.raises(ValueError, match=r"num_classes must be an int >= 0, got -1"):
+        ab.AttentionGatedNet("resnet18", (2, 3), num_classes=-1)
+    with pytest.raises(ValueError, match=r"global_pool='' \(no pooling\) needs num_classes=0"):
+        ab.AttentionGatedNet("resnet18", (2, 3), num_classes=2, global_pool="")
+    with pytest.raises(ValueError, match=r"global_pool must be one of .* got 'mean'"):
+        ab.AttentionGatedNet("resnet18", (2, 3), global_pool="mean")
     net = ab.AttentionGatedNet("resnet18", (2, 3))
     with pytest.raises(ValueError, match=r"input must be \(N, C, H, W\), got \(3, 32, 32\)"):
         net(torch.randn(3, 32, 32))

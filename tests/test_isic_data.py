@@ -280,15 +280,22 @@ def test_2018_split_file_roundtrip_and_mini(tmp_path):
     split_file = tmp_path / "s" / "split.json"
     first = ISIC2018Dataset(root, "train", split_file=split_file, split_seed=3)
     assert split_file.is_file()
-    again = ISIC2018Dataset(root, "train", split_file=split_file, split_seed=99)  # file wins
+    again = ISIC2018Dataset(root, "train", split_file=split_file, split_seed=3)  # read back
     assert first.ids == again.ids
     with pytest.raises(ValueError, match="inside the data folder"):
         ISIC2018Dataset(root, "train", split_file=root / "split.json")
+    # a file made with another seed is stale: refused when asked to, else recomputed
+    with pytest.raises(ValueError, match=r"other settings: seed 3 \(now 99\)"):
+        ISIC2018Dataset(root, "train", split_file=split_file, split_seed=99, split_mismatch="error")
+    assert json.loads(split_file.read_text())["seed"] == 3
+    other = ISIC2018Dataset(root, "train", split_file=split_file, split_seed=99)
+    assert json.loads(split_file.read_text())["seed"] == 99
+    assert other.ids == ISIC2018Dataset(root, "train", split_seed=99).ids
     payload = json.loads(split_file.read_text())
-    payload["assignment"].pop(first.ids[0])
+    payload["assignment"].pop(other.ids[0])
     split_file.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="misses 1 image ids"):
-        ISIC2018Dataset(root, "train", split_file=split_file)
+        ISIC2018Dataset(root, "train", split_file=split_file, split_seed=99, split_mismatch="error")
 
 
 def _write_2016(root: Path, src: ISIC2017Dataset, header_test: bool = False) -> Path:

@@ -58,6 +58,7 @@ def test_layout_and_determinism(tmp_path):
 
 
 def test_default_root_is_generated_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("ATTNBLOCKS_CACHE_DIR", raising=False)  # it would win over the old name
     monkeypatch.setenv("ATTNBLOCKS_CACHE", str(tmp_path / "cache"))
     root = default_synthetic_root(n_train=6, n_val=3, n_test=3, size=32)
     assert root.parent == tmp_path / "cache" / "synthetic"

@@ -123,7 +123,7 @@ def lean_merge_active(tap: nn.Module | None = None, inputs: tuple[Tensor, ...] =
     and no ``torch.func`` transform (the operator has neither a jvp nor a vmap rule)."""
     if get_merge_backend() == "reference" or torch.jit.is_tracing():
         return False
-    if torch.compiler.is_exporting():
+    if _is_exporting():
         return False
     if any(_transformed(x) for x in inputs):
         return False
@@ -131,6 +131,7 @@ def lean_merge_active(tap: nn.Module | None = None, inputs: tuple[Tensor, ...] =
 
 
 _is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_is_exporting = getattr(torch.compiler, "is_exporting", None) or (lambda: False)  # torch < 2.6
 
 
 def _transformed(x: Tensor) -> bool:

@@ -37,17 +37,38 @@ def _norm_in(
     return NormIn(w, b, rm, rv, mode, float(hyper[0]), float(hyper[1]))
 
 
+_triton_error: str | None = None
+
+
 def _kernels(device: torch.device, kernels: str, fits_native: bool) -> Any:
     """The module whose ``merge_forward``/``merge_backward`` run on this device."""
     if kernels == "eager":
         return eager
     if device.type == "cpu":
         return native if fits_native and native.prepare() else eager
-    if device.type == "cuda":
+    if device.type == "cuda" and _triton_error is None:
         from . import triton_kernels
 
         return triton_kernels if triton_kernels.available() else eager
     return eager
+
+
+def _run(impl: Any, name: str, *args: Any) -> tuple[Tensor, ...]:
+    """``impl.<name>(*args)``; if the Triton kernels fail to compile or launch on this machine, one
+    log message, and the eager kernels from then on (a training step is never lost to it)."""
+    global _triton_error
+    try:
+        return tuple(getattr(impl, name)(*args))
+    except Exception as exc:  # noqa: BLE001 - Triton raises compiler errors of many types
+        if impl is eager or impl is native:
+            raise
+        _triton_error = f"{type(exc).__name__}: {exc}"
+        native.log.error(
+            "attnblocks: the Triton ARL merge kernels failed (%s); the merge runs its eager "
+            "kernels on CUDA from now on",
+            _triton_error,
+        )
+        return tuple(getattr(eager, name)(*args))
 
 
 @torch.library.custom_op("attnblocks::arl_merge", mutates_args=())
@@ -78,7 +99,7 @@ def arl_merge_op(
     params = (t, u, alpha, scale, f_weight, f_bias, f_running_mean, f_running_var, s_weight)
     params += (s_bias, s_running_mean, s_running_var)
     impl = _kernels(t.device, kernels, native.fits(t, u, normalization, params))
-    return tuple(impl.merge_forward(t, u, alpha, scale, f, s, normalization, relu))
+    return _run(impl, "merge_forward", t, u, alpha, scale, f, s, normalization, relu)
 
 
 def _stats_like(t: Tensor, mode: int) -> Tensor:
@@ -130,7 +151,9 @@ def arl_merge_backward_op(
     s = NormOut(s_weight, s_bias, s_stats, s_mode)
     params = (dy, t, u, alpha, scale, f_weight, f_bias, s_weight, s_bias)
     impl = _kernels(t.device, kernels, native.fits(t, u, normalization, params))
-    grads = impl.merge_backward(dy, y, t, u, alpha, scale, f, s, normalization, need_t, need_u)
+    grads = _run(
+        impl, "merge_backward", dy, y, t, u, alpha, scale, f, s, normalization, need_t, need_u
+    )
     d_t, d_u, *rest = grads
     # an op's outputs never alias its inputs
     return (d_t.clone() if d_t is dy else d_t, d_u.clone() if d_u is dy else d_u, *rest)

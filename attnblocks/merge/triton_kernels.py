@@ -359,10 +359,18 @@ def _strides(x: Tensor) -> tuple[int, int, int]:
 
 
 def _tiles(x: Tensor, along_channels: bool) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): wide along the contiguous dimension, so that loads coalesce."""
-    if x.stride(1) == 1:  # channels_last: channels contiguous
-        return (64, 16) if not along_channels else (64, 16)
-    return (1, 1024) if not along_channels else (8, 128)
+    """(BLOCK_C, BLOCK_P), about 1024 elements a tile: wide along the contiguous dimension so that
+    loads coalesce, and no wider than the plane (or channel count) it walks."""
+    c, hw = x.shape[1], x.shape[2] * x.shape[3]
+    np2 = triton.next_power_of_2
+    if x.stride(1) == 1 and c > 1:  # channels_last: channels contiguous
+        bc = min(64 if along_channels else 32, np2(c))
+        return bc, min(np2(hw), 1024 // bc)
+    if along_channels:
+        bp = min(128, np2(hw))
+        return min(np2(c), 1024 // bp), bp
+    bp = min(1024, np2(hw))
+    return min(np2(c), 1024 // bp), bp
 
 
 def _f32(x: Tensor | None, like: Tensor) -> Tensor | None:

@@ -17,7 +17,14 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from .cache import ImageReadError, ResizedImageCache, check_outside, load_image, load_mask
+from .cache import (
+    ImageReadError,
+    ResizedImageCache,
+    check_outside,
+    load_image,
+    load_mask,
+    verify_files,
+)
 
 __all__ = ["ISICDataset", "read_label_csv"]
 
@@ -39,8 +46,15 @@ def read_label_csv(
         raise FileNotFoundError(
             f"ground-truth CSV not found: {path} (expected columns: {', '.join(columns)})"
         )
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's BOM
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a UTF-8 text CSV ({err.reason} at byte {err.start})"
+        ) from err
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a readable CSV: {err}") from err
     if header:
         if not rows:
             raise ValueError(f"{path} is empty; expected header {','.join(columns)}")
@@ -60,6 +74,8 @@ def read_label_csv(
             raise ValueError(
                 f"{path} line {lineno} has {len(row)} fields; expected columns {list(columns)}"
             )
+        if not row[index[0]].strip():
+            raise ValueError(f"{path} line {lineno} has an empty {columns[0]!r}")
         ids.append(row[index[0]].strip())
         values.append([row[i].strip() for i in index[1:]])
     return ids, np.asarray(values, dtype=object).reshape(len(ids), len(columns) - 1)
@@ -73,6 +89,45 @@ def _as_float(values: np.ndarray, path: Path, columns: Sequence[str]) -> np.ndar
     if not np.isin(out, (0.0, 1.0)).all():
         raise ValueError(f"{path}: columns {list(columns)} must hold 0/1 values")
     return out
+
+
+def _unique_rows(
+    ids: list[str], values: np.ndarray, path: Path, skip_bad: bool = False
+) -> tuple[list[str], np.ndarray]:
+    """``ids`` and their label rows with each id once.
+
+    An id listed twice with different labels raises ``ValueError`` (which label is right cannot be
+    told); one listed twice with the same labels raises too, unless ``skip_bad``, which keeps its
+    first row (with a logged warning).
+    """
+    first: dict[str, int] = {}
+    repeats: list[int] = []
+    for k, i in enumerate(ids):
+        if i in first:
+            repeats.append(k)
+        else:
+            first[i] = k
+    if not repeats:
+        return ids, values
+
+    def same(k: int) -> bool:
+        return bool(np.array_equal(values[k], values[first[ids[k]]]))
+
+    conflicting = [ids[k] for k in repeats if not same(k)]
+    if conflicting:
+        raise ValueError(
+            f"{path}: {len(conflicting)} image ids are listed twice with different labels "
+            f"(first: {', '.join(dict.fromkeys(conflicting[:5]))}); fix the CSV"
+        )
+    if not skip_bad:
+        shown = ", ".join(dict.fromkeys(ids[k] for k in repeats[:5]))
+        raise ValueError(
+            f"{path}: {len(repeats)} rows repeat an image id already listed (first: {shown}); "
+            "remove them, or skip_bad=True (--skip-bad) keeps the first row of each"
+        )
+    log.warning("%s: %d repeated rows left out (same labels)", path, len(repeats))
+    keep = sorted(first.values())
+    return [ids[k] for k in keep], values[keep]
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:
@@ -106,17 +161,19 @@ class ISICDataset(torch.utils.data.Dataset):
         progress: bool = True,
         load_masks: bool = True,
         source: str = "",
+        verify: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.load_masks = load_masks
         self.task = task
         self.transform = transform
         self.image_size = image_size
-        missing = [i for i, p in zip(ids, image_paths, strict=True) if p is None]
-        if missing:
+        missing = [k for k, p in enumerate(image_paths) if p is None]
+        if missing and not skip_bad:
             raise FileNotFoundError(
                 f"{len(missing)} ids listed in {source} have no image file in the data folder "
-                f"(first: {', '.join(missing[:5])})"
+                f"(first: {', '.join(ids[k] for k in missing[:5])}); skip_bad=True (--skip-bad) "
+                "leaves them out"
             )
         self.cache: ResizedImageCache | None = None
         if cache_dir is not None:
@@ -124,25 +181,35 @@ class ISICDataset(torch.utils.data.Dataset):
                 raise ValueError("cache_dir needs image_size (int shorter side or (h, w))")
             check_outside(cache_dir, [self.root])
             self.cache = ResizedImageCache(cache_dir, image_size)
-        bad: set[int] = set()
-        if self.cache is not None:
+        # (id, file, reason) of every image left out
+        self.bad_files: list[tuple[str, str, str]] = [
+            (ids[k], "", f"no image file for {ids[k]} in the data folder") for k in missing
+        ]
+        present = [k for k, p in enumerate(image_paths) if p is not None]
+        items = [(image_paths[k], mask_paths[k] if load_masks else None) for k in present]
+        failures: list[tuple[str, str]] = []
+        if self.cache is not None:  # building the cache decodes every file
             failures = self.cache.build(
-                zip(image_paths, mask_paths if load_masks else [None] * len(ids), strict=True),
-                workers=cache_workers,
-                progress=progress,
-                skip_errors=skip_bad,
+                items, workers=cache_workers, progress=progress, skip_errors=True
             )
-            failed = {f for f, _ in failures}
-            bad = {k for k, p in enumerate(image_paths) if str(p) in failed}
-            for _, msg in failures:
-                log.warning("skipping unreadable file: %s", msg)
-        elif skip_bad:
-            for k, p in enumerate(image_paths):
-                try:
-                    load_image(p, 32)
-                except ImageReadError as err:
-                    log.warning("skipping unreadable image: %s", err)
-                    bad.add(k)
+        elif skip_bad if verify is None else verify:
+            failures = verify_files(items, workers=cache_workers, progress=progress)
+        if failures and not skip_bad:
+            shown = "; ".join(msg for _, msg in failures[:3])
+            raise ImageReadError(
+                f"{len(failures)} of {len(ids)} images of {source or self.root} cannot be read "
+                f"({shown}{'; ...' if len(failures) > 3 else ''}); skip_bad=True (--skip-bad) "
+                "leaves them out"
+            )
+        failed = dict(failures)
+        bad = set(missing)
+        for k in present:
+            reason = failed.get(str(image_paths[k]))
+            if reason is not None:
+                bad.add(k)
+                self.bad_files.append((ids[k], str(image_paths[k]), reason))
+        for _, _, reason in self.bad_files:
+            log.warning("skipping: %s", reason)
         keep = [k for k in range(len(ids)) if k not in bad]
         self.skipped: list[str] = [ids[k] for k in sorted(bad)]
         self.ids = [ids[k] for k in keep]

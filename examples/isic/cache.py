@@ -39,9 +39,12 @@ __all__ = [
     "ImageReadError",
     "ResizedImageCache",
     "atomic_write",
+    "default_cache_dir",
     "load_image",
     "load_mask",
+    "mask_to_binary",
     "target_size",
+    "verify_files",
 ]
 
 CACHE_VERSION = 2
@@ -84,8 +87,12 @@ def load_image(path: str | os.PathLike, size: SizeArg = None) -> Image.Image:
             out_wh = target_size(im.width, im.height, size)
             if out_wh != im.size and im.format == "JPEG":
                 im.draft("RGB", out_wh)  # DCT-domain downscale to >= out_wh
-            im = im.convert("RGB")
             im.load()
+            if im.mode.startswith("I"):  # 16-bit grey PNG: PIL would clip it to 0/255
+                arr = np.asarray(im)
+                arr = arr / 257 if arr.max() > 255 else arr
+                im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+            im = im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three on bad files
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     if im.size != out_wh:
@@ -93,22 +100,50 @@ def load_image(path: str | os.PathLike, size: SizeArg = None) -> Image.Image:
     return im
 
 
+def mask_to_binary(im: Image.Image) -> np.ndarray:
+    """The lesion pixels of a decoded mask, a bool ``(H, W)`` array (the rule of :func:`load_mask`).
+
+    Colour (``RGB``, ``RGBA``, palette ``P``) masks are read by their largest channel, grey
+    (``L``, ``LA``) by their grey value, bilevel (``1``) masks as they are. Then: a mask whose
+    largest value is 1 is a 0/1 mask (lesion = 1, i.e. threshold 0.5); otherwise lesion = above half of the
+    8-bit range (``> 127``; 0/255 masks, anti-aliased edges), or of the 16-bit range (``> 32767``)
+    for 16-bit PNGs holding values above 255. An all-zero mask is an empty mask.
+    """
+    if im.mode == "1":
+        return np.array(im, dtype=bool)
+    if im.mode in ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        arr = np.asarray(im.convert("RGB")).max(axis=-1)
+    elif im.mode in ("LA", "La"):
+        arr = np.asarray(im)[..., 0]
+    else:  # L, I, I;16, F
+        arr = np.asarray(im)
+    top = float(arr.max()) if arr.size else 0.0
+    if top <= 1:
+        return arr >= 0.5
+    if top > 255 and im.mode.startswith("I"):
+        return arr > 32767
+    return arr > 127
+
+
 def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Image.Image:
     """Decode a lesion mask as a binary ``L`` image (0/255), resized with nearest to ``size``.
 
-    ``size`` is ``(width, height)`` -- the size of the image the mask belongs to; a mask whose
-    size differs from its image is resized to it, never rejected.
+    Every common encoding is read: 0/255 and 0/1 8-bit PNGs, bilevel (1-bit), palette, colour and
+    16-bit PNGs; see :func:`mask_to_binary` for the rule. ``size`` is ``(width, height)`` -- the
+    size of the image the mask belongs to; a mask whose size differs from its image is resized to
+    it (after binarising), never rejected.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im = im.convert("L")
             im.load()
+            binary = mask_to_binary(im)
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read mask {path}: {err}") from err
-    if size is not None and im.size != tuple(size):
-        im = im.resize(tuple(size), Image.Resampling.NEAREST)
-    return im.point(lambda v: 255 if v > 127 else 0)
+    out = Image.fromarray(binary.astype(np.uint8) * 255, mode="L")
+    if size is not None and out.size != tuple(size):
+        out = out.resize(tuple(size), Image.Resampling.NEAREST)
+    return out
 
 
 def atomic_write(dest: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -118,6 +153,7 @@ def atomic_write(dest: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, dest)
@@ -125,6 +161,20 @@ def atomic_write(dest: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_save(im: Image.Image, dest: Path, **kwargs) -> None:
@@ -178,7 +228,8 @@ class ResizedImageCache:
         return self._entry(Path(src), "image")
 
     def _mask_entry(self, src: str | os.PathLike, image_size: tuple[int, int]) -> Path:
-        return self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}")
+        # "rule2": masks binarised by mask_to_binary (0/1 masks were read as empty before)
+        return self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}|rule2")
 
     def get_image(self, src: str | os.PathLike) -> Image.Image:
         """The resized RGB image of ``src``; decoded and stored on first use."""
@@ -291,6 +342,67 @@ def _collect(res: tuple[str, str] | None, failures: list, skip_errors: bool) -> 
     if not skip_errors:
         raise ImageReadError(res[1])
     failures.append(res)
+
+
+def default_cache_dir() -> Path:
+    """The cache folder of the examples.
+
+    ``$ATTNBLOCKS_CACHE_DIR`` (the variable the library's kernel cache reads), else
+    ``$ATTNBLOCKS_CACHE`` (its older name, still read), else ``$XDG_CACHE_HOME/attnblocks`` or
+    ``~/.cache/attnblocks``.
+    """
+    for name in ("ATTNBLOCKS_CACHE_DIR", "ATTNBLOCKS_CACHE"):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnblocks"
+
+
+def _verify_one(item: tuple[str, str | None]) -> tuple[str, str] | None:
+    image_path, mask_path = item
+    try:
+        load_image(image_path, 32)  # JPEG draft mode: every byte is read, little is decoded
+        if mask_path is not None:
+            load_mask(mask_path)
+    except ImageReadError as err:
+        return (image_path, str(err))
+    return None
+
+
+def verify_files(
+    items: Iterable[tuple[str | os.PathLike, str | os.PathLike | None]],
+    workers: int = 0,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Decode every ``(image_path, mask_path_or_None)`` pair.
+
+    Returns ``[(image path, error), ...]`` for those that fail (unreadable, truncated, not an
+    image, or an unreadable mask).
+
+    Images are decoded in JPEG draft mode at a small size (the whole file is still read, so a
+    truncated file fails), in ``workers`` processes (0 = in this process).
+    """
+    from tqdm.auto import tqdm
+
+    items = [(str(i), None if m is None else str(m)) for i, m in items]
+    bar = tqdm(total=len(items), desc="checking images", disable=not progress)
+    failures: list[tuple[str, str]] = []
+    if workers <= 0 or len(items) < 2:
+        results = map(_verify_one, items)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        chunk = max(1, min(64, len(items) // (workers * 8) or 1))
+        results = pool.map(_verify_one, items, chunksize=chunk)
+    try:
+        for res in results:
+            if res is not None:
+                failures.append(res)
+            bar.update()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    return failures
 
 
 def check_outside(cache_dir: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> None:

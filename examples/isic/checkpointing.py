@@ -21,7 +21,32 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMixin", "config_differences", "unwrap_model"]
+__all__ = ["CheckpointMixin", "config_differences", "read_checkpoint", "unwrap_model"]
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_metric",
+                   "best_epoch", "bad_epochs", "history", "rng")  # fmt: skip
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "--resume") -> dict[str, Any]:
+    """Load a checkpoint written by the engine; ``ValueError`` naming ``what`` and the file when it
+    is missing, truncated, corrupted or not one of the engine's checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what}: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # zip, pickle, EOF and unpickling errors all mean a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{what}: cannot read the checkpoint {path} (truncated or corrupted: {reason}); "
+            "delete it and start again, or restore a copy"
+        ) from err
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(
+            f"{what}: {path} is not a checkpoint of these scripts (missing {missing[:4]})"
+        )
+    return state
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -34,9 +59,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def config_differences(
     saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] | set[str]
 ) -> list[str]:
-    """Sorted keys, outside ``ignore``, on which two run configurations differ (missing counts)."""
+    """Sorted keys, outside ``ignore``, on which two run configurations differ.
+
+    A key missing on one side counts as a difference, except a key that ``saved`` lacks while
+    ``current`` holds ``None`` or ``False`` there: a flag added after the checkpoint was written,
+    left at its default, does not make the checkpoint another configuration.
+    """
     keys = (set(saved) | set(current)) - set(ignore)
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    new_defaults = {
+        k for k in set(current) - set(saved) if current[k] is None or current[k] is False
+    }
+    return sorted(k for k in keys - new_defaults if saved.get(k) != current.get(k))
 
 
 class CheckpointMixin:
@@ -100,9 +133,7 @@ class CheckpointMixin:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore everything :meth:`state_dict` saved; training continues at the next epoch."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "--resume")
         self.check_config(state.get("run_config", {}), path)
         unwrap_model(self.module).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -123,7 +154,7 @@ class CheckpointMixin:
         """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch."""
         path = self.ckpt_dir / "best.pt"
         if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = read_checkpoint(path, "the best checkpoint")
             unwrap_model(self.module).load_state_dict(state["model"])
             return int(state["epoch"])
         return self.start_epoch - 1

@@ -4,7 +4,7 @@ Flags (DESIGN.md, "The example scripts' common interface")::
 
     --data-root DIR  --out DIR  --epochs N  --batch-size N  --image-size N  --workers N  --seed N
     --lr X  --device auto|cpu|cuda  --amp none|bf16|fp16  --channels-last  --compile  --resume
-    --quick
+    --quick  --no-progress  --skip-bad
 
 Hyper-parameter flags default to ``None`` in the parser and are resolved afterwards by
 :func:`resolve_profile`: a value given on the command line wins, then the quick profile (``--quick``
@@ -15,8 +15,15 @@ with the library versions and the git commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import errno
+import functools
+import io
 import json
+import math
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -27,14 +34,25 @@ from typing import Any
 
 import torch
 
+from .cache import atomic_write
 from .distributed import DistInfo, init_distributed
 from .engine import AMP_DTYPES
+from .runtime import RunError
+
+try:  # POSIX: the run-folder lock; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 __all__ = [
     "ISIC2017_LAYOUT",
     "LimitedDataset",
+    "RUN_OUTPUTS",
     "add_common_args",
     "check_amp",
+    "check_common_args",
+    "check_numbers",
+    "reading_weights",
     "check_layout",
     "check_not_empty",
     "default_out_dir",
@@ -44,9 +62,12 @@ __all__ = [
     "resolve_profile",
     "run_cli",
     "run_settings",
+    "release_out_dir",
     "save_config",
+    "script_main",
     "setup_device",
     "write_json",
+    "write_skipped",
 ]
 
 PROFILE_KEYS = ("epochs", "batch_size", "image_size", "lr")
@@ -95,6 +116,61 @@ def add_common_args(parser: argparse.ArgumentParser, paper: Mapping[str, Any]) -
     )
     g.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no tqdm bars (logs only)"
+    )
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that are missing or cannot be decoded (listed in OUT/skipped.csv) "
+        "instead of stopping",
+    )
+
+
+def check_numbers(
+    args: argparse.Namespace,
+    *,
+    positive: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+    fraction: Sequence[str] = (),
+    finite: Sequence[str] = (),
+    at_least: Mapping[str, float] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the first flag whose value is out of range.
+
+    ``positive``: > 0 (integers: at least 1); ``non_negative``: >= 0; ``fraction``: in [0, 1);
+    ``finite``: any finite number; ``at_least``: ``{name: minimum}``. Values must be finite;
+    ``None`` (not set) passes; a list (``nargs``) is checked item by item.
+    """
+    rules = [(n, "positive") for n in positive] + [(n, "non_negative") for n in non_negative]
+    rules += [(n, "fraction") for n in fraction] + [(n, "finite") for n in finite]
+    rules += [(n, float(m)) for n, m in (at_least or {}).items()]
+    for name, rule in rules:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is None or isinstance(v, bool):
+                continue
+            integer = isinstance(v, int)
+            if rule == "positive":
+                ok, want = v > 0, "at least 1" if integer else "> 0"
+            elif rule == "non_negative":
+                ok, want = v >= 0, ">= 0"
+            elif rule == "fraction":
+                ok, want = 0 <= v < 1, "in [0, 1)"
+            elif rule == "finite":
+                ok, want = True, "a finite number"
+            else:
+                ok, want = v >= rule, f"at least {rule:g}"
+            if not (math.isfinite(v) and ok):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be {want}, got {value}")
+
+
+def check_common_args(args: argparse.Namespace, min_image_size: int = 32) -> None:
+    """Check the common flags once the profile is resolved (``ValueError`` naming the flag)."""
+    check_numbers(
+        args,
+        positive=("epochs", "batch_size", "lr"),
+        non_negative=("workers", "seed"),
+        at_least={"image_size": min_image_size},
     )
 
 
@@ -153,12 +229,83 @@ def default_out_dir(script: str) -> Path:
     return Path("runs") / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_out_dir(out: Path, resume: bool, data_root: Path | None = None) -> Path:
-    """Create and check the run folder before anything is trained.
+# What a run writes into its folder: any of them there means the folder holds a run.
+RUN_OUTPUTS = ("config.json", "log.csv", "metrics.json", "predictions.csv", "checkpoints", "tb",
+               "plots")  # fmt: skip
+_HELD_LOCKS: dict[Path, int] = {}
 
-    Raises ``ValueError`` when it cannot be created or written, when it lies inside the data folder,
-    when ``resume`` is set but it holds no ``checkpoints/last.pt``, or when it already holds a run
-    and ``resume`` is not set.
+
+def _lock_out_dir(out: Path) -> None:
+    """Own ``out`` for this process: an exclusive ``flock`` on ``OUT/.lock``.
+
+    The operating system drops the lock when the process ends, however it ends (a killed run leaves
+    no stale lock). Raises ``ValueError`` when another process holds it.
+    """
+    if fcntl is None or out in _HELD_LOCKS:
+        return
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ValueError(
+                f"--out {out} is in use by another run (process {owner}); wait for it to end or "
+                "choose another --out"
+            ) from None
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some NFS mounts
+            print(f"warning: {out} does not support file locks ({exc.strerror}); nothing stops "
+                  "another run from writing into it", file=sys.stderr)  # fmt: skip
+            return
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[out] = fd
+
+
+def release_out_dir(out: str | os.PathLike) -> None:
+    """Give up this process's lock on the run folder ``out`` (see :func:`prepare_out_dir`)."""
+    fd = _HELD_LOCKS.pop(Path(out).expanduser().resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def script_main(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a script's ``main``: the run folders it locked are released when it returns or
+    raises (a process that ends releases them anyway; this matters when ``main`` is called again
+    in the same process)."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = set(_HELD_LOCKS)
+        try:
+            return main(*args, **kwargs)
+        finally:
+            for out in set(_HELD_LOCKS) - before:
+                release_out_dir(out)
+
+    return wrapper
+
+
+def run_outputs(out: Path) -> list[str]:
+    """The run outputs (:data:`RUN_OUTPUTS`) present in ``out``; empty folders do not count."""
+    found = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            found.append(name + ("/" if p.is_dir() else ""))
+    return found
+
+
+def prepare_out_dir(out: Path, resume: bool, data_root: Path | None = None) -> Path:
+    """Create, lock and check the run folder before anything is trained.
+
+    The folder is owned by one process at a time (:func:`_lock_out_dir`; under ``torchrun`` rank 0
+    calls this). Raises ``ValueError`` when it cannot be created or written, when it lies inside
+    the data folder, when another run holds it, when ``resume`` is set but it holds no
+    ``checkpoints/last.pt``, or when it already holds a run (any of :data:`RUN_OUTPUTS`) and
+    ``resume`` is not set.
     """
     out = Path(out).expanduser().resolve()
     if data_root is not None:
@@ -172,12 +319,20 @@ def prepare_out_dir(out: Path, resume: bool, data_root: Path | None = None) -> P
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"--out {out} is not a writable folder: {exc.strerror or exc}") from exc
+    _lock_out_dir(out)
     last = out / "checkpoints" / "last.pt"
+    found = run_outputs(out)
     if resume and not last.is_file():
+        if found:
+            raise ValueError(
+                f"--resume: no checkpoint at {last}: the run in {out} stopped before the end of "
+                f"its first epoch (it holds {', '.join(found)}); delete them or choose another "
+                "--out, and start without --resume"
+            )
         raise ValueError(f"--resume: no checkpoint at {last}; start without --resume")
-    if not resume and last.is_file():
+    if not resume and found:
         raise ValueError(
-            f"--out {out} already holds a run ({last}); pass --resume to continue it "
+            f"--out {out} already holds a run ({', '.join(found)}); pass --resume to continue it "
             "or choose another --out"
         )
     return out
@@ -227,11 +382,42 @@ def environment_info() -> dict[str, Any]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _base_dataset(dataset: Any) -> Any:
+    """The ISIC dataset under the wrappers of the scripts (limits, subsets, boxes)."""
+    for _ in range(8):
+        if hasattr(dataset, "bad_files"):
+            return dataset
+        inner = getattr(dataset, "dataset", None)
+        dataset = inner if inner is not None else getattr(dataset, "base", None)
+    return dataset
+
+
+def write_skipped(out: Path, splits: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """List the images the datasets of ``splits`` left out (``--skip-bad``) in ``OUT/skipped.csv``
+    (columns split, image_id, file, reason) and print them; returns the rows."""
+    rows = []
+    for name, dataset in splits.items():
+        base = _base_dataset(dataset)
+        rows += [(name, *bad) for bad in getattr(base, "bad_files", [])]
+    path = Path(out) / "skipped.csv"
+    if not rows:
+        path.unlink(missing_ok=True)
+        return rows
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["split", "image_id", "file", "reason"])
+    writer.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
+    print(f"--skip-bad: left out {len(rows)} images that cannot be read (listed in {path}):")
+    for split, image_id, _, reason in rows[:10]:
+        print(f"  {split} {image_id}: {reason}")
+    if len(rows) > 10:
+        print(f"  ... and {len(rows) - 10} more")
+    return rows
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,12 +433,38 @@ def save_config(out: Path, args: argparse.Namespace, **extra: Any) -> dict[str, 
     return config
 
 
+@contextlib.contextmanager
+def reading_weights(path: str | os.PathLike | None, flag: str = "--weights"):
+    """Report a weights file that cannot be read or loaded (truncated, corrupted, other shapes) as
+    a ``ValueError`` naming ``flag`` and the file instead of torch's internal error."""
+    try:
+        yield
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        if path is None:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{flag} {path}: cannot load these weights ({reason})") from err
+
+
+# errors of the environment that a run reports in one line (full disk, permissions, ...)
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+               errno.EFBIG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR}  # fmt: skip
+
+
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)``; a ``ValueError`` (bad input) prints ``error: ...`` and exits with 2."""
+    """Run ``main(argv)``; bad input (``ValueError``, a missing file), a divergence or a failed
+    write (:class:`~examples.isic.runtime.RunError`) and errors of the environment (full disk, no
+    permission) print one ``error: ...`` line and exit with code 2."""
     try:
         main(argv)
-    except ValueError as exc:
+    except (ValueError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        if not (isinstance(exc, FileNotFoundError) or exc.errno in _ENV_ERRNOS):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

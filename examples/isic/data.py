@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ISICDataset, _as_float, _find_image, _optional, read_label_csv
+from .base import ISICDataset, _as_float, _find_image, _optional, _unique_rows, read_label_csv
 
 __all__ = [
     "ISIC2016Dataset",
@@ -105,6 +105,7 @@ class ISIC2017Dataset(ISICDataset):
         columns = ("image_id", *self.csv_columns)
         ids, raw = read_label_csv(csv_path, columns)
         values = _as_float(raw, csv_path, columns[1:])
+        ids, values = _unique_rows(ids, values, csv_path, kwargs.get("skip_bad", False))
         both = np.flatnonzero(values.sum(1) > 1)
         if len(both):
             raise ValueError(
@@ -168,6 +169,7 @@ class ISIC2016Dataset(ISICDataset):
                 f"{csv_path}: labels must be benign/malignant or 0/1, found {sorted(set(bad))[:5]}"
             )
         labels = np.array([mapping[v.lower()] for v in raw[:, 0]], dtype=np.int64)
+        ids, labels = _unique_rows(ids, labels, csv_path, kwargs.get("skip_bad", False))
         self.split = split
         data_dir = root / f"ISBI2016_ISIC_Part3_{name}_Data"
         mask_dir = root / f"ISBI2016_ISIC_Part1_{name}_GroundTruth"
@@ -191,7 +193,8 @@ class ISIC2018Dataset(ISICDataset):
     There is no official validation split: ``split`` selects from a stratified split grouped by
     lesion (no lesion in two splits), see :func:`~examples.isic.splits.lesion_split`. With
     ``split_file`` the split is read from that JSON file when it exists, else computed and saved
-    there (atomically); ``split="all"`` takes every image.
+    there (atomically); a file made with another seed or other fractions is recomputed, or with
+    ``split_mismatch="error"`` refused (``ValueError``); ``split="all"`` takes every image.
     """
 
     class_names = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -209,6 +212,7 @@ class ISIC2018Dataset(ISICDataset):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_file: str | os.PathLike | None = None,
+        split_mismatch: str = "replace",
         **kwargs: Any,
     ) -> None:
         from .splits import SPLITS, get_or_make_split, read_lesion_groups
@@ -225,6 +229,7 @@ class ISIC2018Dataset(ISICDataset):
         columns = ("image", *self.class_names)
         ids, raw = read_label_csv(csv_path, columns)
         onehot = _as_float(raw, csv_path, columns[1:])
+        ids, onehot = _unique_rows(ids, onehot, csv_path, kwargs.get("skip_bad", False))
         bad = np.flatnonzero(onehot.sum(1) != 1)
         if len(bad):
             raise ValueError(f"{csv_path}: {len(bad)} rows are not one-hot (first: {ids[bad[0]]})")
@@ -234,7 +239,7 @@ class ISIC2018Dataset(ISICDataset):
         if split != "all":
             assignment = get_or_make_split(
                 ids, labels, [groups[i] for i in ids], split_seed, val_fraction, test_fraction, split_file,
-                data_root=root,
+                data_root=root, on_mismatch=split_mismatch,
             )  # fmt: skip
             keep = [k for k, i in enumerate(ids) if assignment[i] == split]
             ids, labels = [ids[k] for k in keep], labels[keep]

@@ -38,6 +38,8 @@ from .checkpointing import CheckpointMixin, unwrap_model
 from .distributed import DistInfo, broadcast_buffers, reduce_sum
 from .runtime import (
     AMP_DTYPES,
+    NonFiniteError,
+    OutputWriteError,
     Predictions,
     atomic_save,
     autocast,
@@ -50,7 +52,9 @@ from .runtime import (
 
 __all__ = [
     "AMP_DTYPES",
+    "NonFiniteError",
     "NonFiniteLossError",
+    "OutputWriteError",
     "Predictions",
     "Trainer",
     "atomic_save",
@@ -66,7 +70,7 @@ ForwardFn = Callable[[nn.Module, dict], Any]
 MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """Raised when a training loss is NaN or infinite; the last good checkpoint is left intact."""
 
 
@@ -161,7 +165,25 @@ class Trainer(CheckpointMixin):
         self.best_epoch = -1
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.saved_epoch: int | None = None  # epoch of the last checkpoint written or loaded
+        self._epoch: int | None = None  # the epoch being trained, for error messages
+        self._steps = 0  # training steps of the last epoch
         self._tb = None
+
+    def _divergence_help(self) -> str:
+        """Where the last good weights are and what to try, for a divergence message."""
+        if self.saved_epoch is None:
+            where = "no checkpoint has been written yet"
+        else:
+            where = (
+                f"the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
+                f"(end of epoch {self.saved_epoch}), left as it was"
+            )
+        lr = self.optimizer.param_groups[0]["lr"]
+        hint = f"lower --lr (now {lr:g})"
+        if self.amp != "none":
+            hint += f" or try --amp none (now {self.amp})"
+        return f"{where}; {hint} and start again in another --out"
 
     # ------------------------------------------------------------------ loops
     def _loss(self, batch: dict, output: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -184,7 +206,7 @@ class Trainer(CheckpointMixin):
 
         self.model.train()
         totals: dict[str, float] = {}
-        seen, start = 0, time.perf_counter()
+        seen, start, step = 0, time.perf_counter(), -1
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}",
@@ -203,9 +225,9 @@ class Trainer(CheckpointMixin):
             if finite < 1:
                 parts = {k: v for k, v in values.items() if k != "loss"}
                 raise NonFiniteLossError(
-                    f"non-finite training loss {values['loss']} at epoch {epoch}, step {step} "
-                    f"(parts: {parts}); stopped without writing a checkpoint - the last good one "
-                    f"is {self.ckpt_dir / 'last.pt'}. Lower --lr or use --amp none."
+                    f"training diverged: non-finite training loss {values['loss']} at epoch "
+                    f"{epoch}, step {step}{f' (parts: {parts})' if parts else ''}; "
+                    f"{self._divergence_help()}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -222,14 +244,45 @@ class Trainer(CheckpointMixin):
         broadcast_buffers(self.module, self.dist)  # validate and save one model on every rank
         keys = sorted(totals)
         summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist)
+        if summed[-1] == 0:
+            size = getattr(loader, "batch_size", None)
+            why = f" (batch size {size}, fewer training images than that?)" if size else ""
+            raise ValueError(
+                f"epoch {epoch} trained on no batch: the training loader is empty{why}"
+            )
+        self._steps = step + 1
         count = max(summed[-1], 1.0)
         stats = {f"train_{k}": v / count for k, v in zip(keys, summed[:-1], strict=True)}
         stats["train_img_s"] = summed[-1] / max(time.perf_counter() - start, 1e-9)
         return stats
 
     def evaluate(self, loader: Iterable[dict], desc: str = "val") -> tuple[Predictions, dict]:
-        """Predictions and ``metric_fn`` metrics of the unwrapped model on ``loader``."""
-        preds = predict(
+        """Predictions and ``metric_fn`` metrics of the unwrapped model on ``loader``.
+
+        Non-finite predictions raise :class:`NonFiniteError` before ``metric_fn`` sees them.
+        """
+        preds = self.predict(loader, desc)
+        metrics = dict(self.metric_fn(preds.probs, preds.targets)) if self.metric_fn else {}
+        return preds, metrics
+
+    def predict(self, loader: Iterable[dict], desc: str = "test") -> Predictions:
+        """:func:`~examples.isic.runtime.predict` with this trainer's settings; non-finite
+        predictions raise :class:`NonFiniteError` naming the epoch and the last good checkpoint."""
+        try:
+            return self._predict(loader, desc)
+        except NonFiniteError as err:
+            epoch = self._epoch
+            at = (
+                ""
+                if epoch is None
+                else f" at epoch {epoch} (evaluated after step {self._steps - 1})"
+            )
+            raise NonFiniteError(
+                f"training diverged{at}: {err}; {self._divergence_help()}"
+            ) from None
+
+    def _predict(self, loader: Iterable[dict], desc: str) -> Predictions:
+        return predict(
             self.module,
             loader,
             self.device,
@@ -241,8 +294,6 @@ class Trainer(CheckpointMixin):
             progress=self.progress,
             desc=desc,
         )
-        metrics = dict(self.metric_fn(preds.probs, preds.targets)) if self.metric_fn else {}
-        return preds, metrics
 
     def fit(
         self,
@@ -261,6 +312,9 @@ class Trainer(CheckpointMixin):
         """
         if resume:
             self.load_checkpoint(self.ckpt_dir / "last.pt")
+            self.saved_epoch = self.start_epoch - 1
+            if self.dist.is_main and self.history:  # log.csv may be ahead of or behind last.pt
+                self._write_log_csv()
         if self.patience is not None and self.bad_epochs >= self.patience:
             return self.history
         for epoch in range(self.start_epoch, epochs):
@@ -270,6 +324,7 @@ class Trainer(CheckpointMixin):
                 if hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
             t0 = time.perf_counter()
+            self._epoch = epoch
             row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_one_epoch(train_loader, epoch))
             if val_loader is not None:
@@ -289,32 +344,48 @@ class Trainer(CheckpointMixin):
             row["best"] = improved
             self.history.append(row)
             if self.dist.is_main:
-                self._log(row)
+                # checkpoints first (best before last: last.pt never names a best epoch that
+                # best.pt lacks), then the log: log.csv never runs ahead of last.pt
                 state = self.state_dict(epoch)
-                atomic_save(state, self.ckpt_dir / "last.pt")
                 if improved:
                     atomic_save(state, self.ckpt_dir / "best.pt")
+                atomic_save(state, self.ckpt_dir / "last.pt")
+                self.saved_epoch = epoch
+                self._log(row)
             self.dist.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
             if self.patience is not None and self.bad_epochs >= self.patience:
                 break
+        self._epoch = None
         if self._tb is not None:
             self._tb.flush()
         return self.history
 
-    def _log(self, row: dict[str, Any]) -> None:
-        """Rewrite ``log.csv`` (atomically) with every epoch so far, and add TensorBoard scalars."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def _write_log_csv(self) -> None:
+        """Rewrite ``log.csv`` (atomically) with every epoch of the history."""
         columns: list[str] = []
         for r in self.history:
             columns += [k for k in r if k not in columns]
         tmp = self.out_dir / f".log.csv.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, self.out_dir / "log.csv")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.history)
+            os.replace(tmp, self.out_dir / "log.csv")
+        except OSError as err:
+            raise OutputWriteError(
+                f"cannot write {self.out_dir / 'log.csv'}: {err.strerror or err}"
+            ) from err
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Rewrite ``log.csv`` with every epoch so far, and add TensorBoard scalars."""
+        self._write_log_csv()
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +26,9 @@ from .distributed import DistInfo, all_gather_objects, unshard
 
 __all__ = [
     "AMP_DTYPES",
+    "NonFiniteError",
+    "OutputWriteError",
+    "RunError",
     "Predictions",
     "atomic_save",
     "autocast",
@@ -44,6 +48,19 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside the code (the scripts print it as one
+    ``error:`` line and exit with code 2)."""
+
+
+class NonFiniteError(RunError):
+    """A NaN or infinite loss or prediction: training diverged."""
+
+
+class OutputWriteError(RunError):
+    """An output file (checkpoint, log) could not be written: full disk, no permission, ..."""
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's, numpy's and torch's global generators (CPU and CUDA)."""
     random.seed(seed)
@@ -52,13 +69,27 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``.
+
+    A failed write (full disk, no permission) leaves ``path`` as it was and raises
+    :class:`OutputWriteError` naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a short write as a RuntimeError
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        else:
+            reason, full = str(err).strip().splitlines()[0] if str(err).strip() else "", True
+        raise OutputWriteError(
+            f"cannot write {path}: {reason}{' (is the disk full?)' if full else ''}; the previous "
+            f"{path.name}, if any, is intact"
+        ) from err
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -159,6 +190,13 @@ def predict(
     sizes = [len(piece[2]) for piece in pieces]
     if not sum(sizes):
         raise ValueError("predict: the loader yielded no samples")
+    bad = [i for piece in pieces if len(piece[2]) for i, ok in
+           zip(piece[2], np.isfinite(piece[0]).all(axis=1), strict=True) if not ok]  # fmt: skip
+    if bad:  # the same answer on every rank: all of them raise
+        raise NonFiniteError(
+            f"non-finite {desc} predictions for {len(bad)} of {sum(sizes)} images "
+            f"(first: {', '.join(bad[:3])})"
+        )
     starts = np.cumsum([0, *sizes])
     # dataset position -> row of the rank-ordered concatenation (ShardSampler interleaves ranks)
     order = unshard([range(starts[r], starts[r + 1]) for r in range(len(pieces))])

@@ -49,14 +49,20 @@ def read_lesion_groups(root: str | os.PathLike, ids: Sequence[str]) -> dict[str,
     for path, id_col in candidates:
         if not path.is_file():
             continue
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            if id_col not in fields or "lesion_id" not in fields:
-                raise ValueError(
-                    f"{path} has columns {fields}; expected {id_col!r} and 'lesion_id'"
-                )
-            groups = {row[id_col].strip(): row["lesion_id"].strip() for row in reader}
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                fields = [f.strip() for f in reader.fieldnames or []]
+                reader.fieldnames = fields
+                if id_col not in fields or "lesion_id" not in fields:
+                    raise ValueError(
+                        f"{path} has columns {fields}; expected {id_col!r} and 'lesion_id'"
+                    )
+                groups = {
+                    (row[id_col] or "").strip(): (row["lesion_id"] or "").strip() for row in reader
+                }
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a UTF-8 text CSV ({err.reason})") from err
         break
     else:
         log.warning(
@@ -129,13 +135,20 @@ def get_or_make_split(
     test_fraction: float = 0.2,
     split_file: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
+    on_mismatch: str = "replace",
 ) -> dict[str, str]:
-    """The split from ``split_file`` when it exists, else :func:`lesion_split` (saved there).
+    """The split from ``split_file`` when it holds one made with these settings, else
+    :func:`lesion_split` (saved there).
 
     The file is JSON ``{"seed", "val_fraction", "test_fraction", "assignment": {id: split}}``,
-    written atomically; it must not lie inside ``data_root``. A file that misses some ids raises
-    ``ValueError``.
+    written atomically; it must not lie inside ``data_root``. A file made with another seed or other
+    fractions, one that misses some ids, or one that cannot be read is stale: with
+    ``on_mismatch="replace"`` it is recomputed and overwritten (with a logged warning), with
+    ``"error"`` (a run being resumed, whose split must not change) it raises ``ValueError``.
     """
+    if on_mismatch not in ("replace", "error"):
+        raise ValueError(f"on_mismatch must be 'replace' or 'error', got {on_mismatch!r}")
+    settings = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     if split_file is not None:
         split_file = Path(split_file).expanduser()
         if data_root is not None:
@@ -143,25 +156,43 @@ def get_or_make_split(
             if root in split_file.resolve().parents:
                 raise ValueError(f"split_file {split_file} lies inside the data folder {root}")
         if split_file.is_file():
-            assignment = json.loads(split_file.read_text())["assignment"]
-            missing = [i for i in ids if i not in assignment]
-            if missing:
+            assignment, problem = _read_split(split_file, ids, settings)
+            if problem is None:
+                return assignment
+            if on_mismatch == "error":
                 raise ValueError(
-                    f"split file {split_file} misses {len(missing)} image ids "
-                    f"(first: {', '.join(missing[:5])}); delete it to recompute"
+                    f"split file {split_file} {problem}; it belongs to another run: keep its "
+                    "settings, or start a new run in another --out"
                 )
-            bad = sorted({v for v in assignment.values() if v not in SPLITS})
-            if bad:
-                raise ValueError(f"split file {split_file} has unknown split names {bad}")
-            return assignment
+            log.warning("split file %s %s: recomputing it", split_file, problem)
     assignment = lesion_split(ids, labels, lesion_ids, seed, val_fraction, test_fraction)
     if split_file is not None:
-        payload = {
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "assignment": assignment,
-        }
+        payload = {**settings, "assignment": assignment}
         text = json.dumps(payload, indent=1, sort_keys=True)
         atomic_write(split_file, lambda fh: fh.write(text.encode()))
     return assignment
+
+
+def _read_split(
+    path: Path, ids: Sequence[str], settings: dict[str, float]
+) -> tuple[dict[str, str], str | None]:
+    """The assignment of a split file and what makes it unusable for ``ids`` and ``settings``."""
+    try:
+        payload = json.loads(path.read_text())
+        assignment = payload["assignment"]
+        if not isinstance(assignment, dict):
+            raise TypeError("'assignment' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return {}, f"cannot be read ({type(err).__name__}: {err})"
+    stored = {k: payload.get(k) for k in settings}
+    if stored != settings:
+        differ = ", ".join(f"{k} {stored[k]!r} (now {v!r})" for k, v in settings.items()
+                           if stored[k] != v)  # fmt: skip
+        return assignment, f"was made with other settings: {differ}"
+    missing = [i for i in ids if i not in assignment]
+    if missing:
+        return assignment, f"misses {len(missing)} image ids (first: {', '.join(missing[:5])})"
+    bad = sorted({str(v) for v in assignment.values() if v not in SPLITS})
+    if bad:
+        return assignment, f"has unknown split names {bad}"
+    return assignment, None

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .cache import _umask, default_cache_dir
+
 __all__ = [
     "CLASS_FRACTIONS",
     "cached_dataset",
@@ -194,8 +196,9 @@ def default_synthetic_root(
 ) -> Path:
     """The synthetic dataset for these settings, generated once into the cache and reused.
 
-    The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE`` or ``~/.cache/attnblocks``; the data go
-    to ``<cache>/synthetic/isic2017-<settings hash>``, built in a temporary folder beside it and
+    The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`); the data go to
+    ``<cache>/synthetic/isic2017-<settings hash>``, built in a temporary folder beside it and
     renamed into place (atomic: concurrent callers never see a half-written dataset).
     """
     key = f"{n_train}-{n_val}-{n_test}-{size}-{seed}-v2"
@@ -215,11 +218,12 @@ def cached_dataset(
 ) -> Path:
     """``<cache>/synthetic/<name>-<hash of key>``, built once by ``build(folder)`` and reused.
 
-    The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE`` or ``~/.cache/attnblocks``. The data are
+    The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`). The data are
     built in a temporary folder beside the final one and renamed into place, so concurrent callers
     never see a half-written dataset.
     """
-    base = Path(cache or os.environ.get("ATTNBLOCKS_CACHE") or Path.home() / ".cache/attnblocks")
+    base = Path(cache) if cache else default_cache_dir()
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     final = base.expanduser() / "synthetic" / f"{name}-{digest}"
     if final.is_dir():
@@ -227,6 +231,7 @@ def cached_dataset(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes a private (0700) folder
         build(tmp)
         os.rename(tmp, final)
     except OSError:

@@ -182,7 +182,8 @@ def default_synthetic2018_root(
 ) -> Path:
     """The synthetic ISIC 2018 data for these settings, generated once into the cache and reused.
 
-    Cache folder: ``cache`` or ``$ATTNBLOCKS_CACHE`` or ``~/.cache/attnblocks``, then
+    Cache folder: ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else
+    ``$ATTNBLOCKS_CACHE``, else ``~/.cache/attnblocks``), then
     ``synthetic/isic2018-<settings hash>``; built in a temporary folder and renamed into place.
     """
     return cached_dataset(
