@@ -26,6 +26,7 @@ from .boxes import (
 from .cam import class_activation_map, minmax_maps, overlay_maps, upsample_maps
 from .care import CARE, CAREAttentionLoss, CAREOutput, care_attention_loss
 from .checkpoint import LoadReport, load_checkpoint, read_state_dict
+from .deploy import AttentionOutputs
 from .gated import AttentionGatedNet, attnmel_vgg16, list_gated_heads
 from .gradcam import grad_cam, grad_cam_from_activation
 from .grid import GridAttentionGate, list_gate_normalizations
@@ -49,6 +50,7 @@ __all__ = [
     "list_merge_backends",
     "set_merge_backend",
     "AttentionGatedNet",
+    "AttentionOutputs",
     "DiceAttentionRegularizer",
     "FocalLoss",
     "GridAttentionGate",

@@ -375,7 +375,7 @@ class AttentionGatedNet(nn.Module):
     # --- forward --------------------------------------------------------------------------------
 
     def _check_input(self, x: Tensor) -> None:
-        if is_symbolic_tracing():
+        if is_symbolic_tracing() or torch.jit.is_tracing():  # fx proxies / traced sizes
             return
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

@@ -134,7 +134,7 @@ class GridAttentionGate(nn.Module):
         nn.init.zeros_(self.psi.bias)
 
     def _check(self, local: Tensor, global_: Tensor) -> None:
-        if is_symbolic_tracing():  # torch.fx proxies: nothing to check
+        if is_symbolic_tracing() or torch.jit.is_tracing():  # fx proxies / traced sizes
             return
         for name, x, channels in (
             ("local", local, self.local_channels),

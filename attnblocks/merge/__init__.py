@@ -172,6 +172,8 @@ def _check(f: Tensor, shortcut: Tensor, alpha: Tensor, where: str) -> None:
     for name, x in (("F", f), ("shortcut", shortcut), ("alpha", alpha)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{where}: {name} must be a Tensor, got {type(x).__name__}")
+    if torch.jit.is_tracing():  # traced sizes are tensors: comparing them warns
+        return
     if f.dim() != 4 or f.shape != shortcut.shape:
         raise ValueError(
             f"{where}: expected F and shortcut of one 4D shape (N, C, H, W), got "
