@@ -40,7 +40,9 @@ log = logging.getLogger("attnblocks.merge")
 
 _SOURCE = Path(__file__).with_name("csrc") / "arl_merge.cpp"
 _ABI = 5
-_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC"]
+# -ffp-contract=off: a * b + c rounds twice, as PyTorch's kernels do, unless the source says fma
+_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
+_FLAGS += ["-fopenmp", "-fPIC"]
 _FLAGS += ["-shared", "-std=c++17"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     _FLAGS.append("-mprefer-vector-width=512")  # where AVX-512 exists, use its full width
