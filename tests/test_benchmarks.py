@@ -302,3 +302,22 @@ def test_gpu_script_runs_every_section_on_cpu_in_quick_mode(tmp_path):
     assert (
         "not a CUDA device" in done.stdout and "ARL-ResNet-50 [native] / ResNet-50" in done.stdout
     )
+
+
+def test_families_quick(tmp_path, capsys):
+    from benchmarks import families
+
+    out = tmp_path / "families.json"
+    payload = families.main(
+        ["--quick", "--device", "cpu", "--families", "torchvision-mobilenetv3", "efficientnet",
+         "--out", str(out)]
+    )  # fmt: skip
+    validate_results(json.loads(out.read_text()))
+    rows = {r["name"]: r for r in payload["results"]}
+    # a last norm that is a plain BatchNorm2d is fused: no more saved than the plain block
+    assert rows["torchvision-mobilenetv3"]["metrics"]["saved_ratio"] == 1.0
+    # timm's BatchNormAct2d is not: the op keeps F (one map of the block's width) besides
+    eff = rows["efficientnet"]["metrics"]
+    c, h, w = rows["efficientnet"]["params"]["input"]
+    assert eff["arl_saved_bytes"] - eff["plain_saved_bytes"] == 2 * c * h * w * 4
+    assert "time_ratio" in capsys.readouterr().out
