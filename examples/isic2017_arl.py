@@ -299,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
     scores, truth = report.isic2017_scores(preds.probs, preds.targets, ds_task)
-    metrics = isic2017_metrics(truth, scores, tasks=tasks)
+    metrics = isic2017_metrics(
+        truth, scores, tasks=tasks, bootstrap=args.bootstrap, seed=args.ci_seed
+    )
     if info.is_main:
         cli.write_json(out / "metrics.json", metrics)
         write_predictions_csv(out / "predictions.csv", preds.ids, scores, tasks, "image_id")

@@ -58,6 +58,7 @@ from examples.isic import (
 from examples.isic.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer
+from examples.isic.metrics import ci_method
 
 SCRIPT = "isic2017_attnmel"
 PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
@@ -356,12 +357,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
+    ci = {"bootstrap": args.bootstrap, "seed": args.ci_seed}
     if multiclass:
-        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names)
+        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names, **ci)
         scores, columns = preds.probs, list(train.csv_columns)
     else:
-        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1])}
+        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1], **ci)}
         metrics["mean_auc"] = metrics[task]["auc"]
+        if args.bootstrap:
+            metrics["mean_auc_ci"] = metrics[task]["auc_ci"]
+            metrics["auc_ci_method"] = ci_method(args.bootstrap, args.ci_seed)
         scores, columns = preds.probs[:, 1:], [train.csv_columns[0]]
     if info.is_main:
         if net.gates:
@@ -392,9 +397,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if multiclass:
             print(report.format_multiclass_table(metrics, title))
         else:
-            m = metrics[task]
-            print(f"{title}\n{task}: AUC {m['auc']:.4f}  AP {m['ap']:.4f}  ACC {m['accuracy']:.4f}  "
-                  f"SEN {m['sensitivity']:.4f}  SPE {m['specificity']:.4f}")  # fmt: skip
+            print(report.format_table(metrics, [task], title))
         for split, j in metrics.get("attention_jaccard", {}).items():
             if j:
                 gates = ", ".join(f"{k} {v:.3f}" for k, v in j.items() if k != "images")

@@ -381,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
     preds = trainer.predict(eval_loader["test"], desc="test")
     used_care = not args.no_care and args.epochs > args.stage1_epochs
-    metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)
+    metrics = multiclass_metrics(
+        preds.targets, preds.probs, CLASSES, bootstrap=args.bootstrap, seed=args.ci_seed
+    )
     metrics |= {
         "epoch": chosen,
         "care": used_care,

@@ -61,9 +61,18 @@ def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
         "image_id",
         "melanoma",
     ]
-    ref = binary_metrics(truth.labels, np.array([float(p["melanoma"]) for p in preds]))
+    ref = binary_metrics(truth.labels, np.array([float(p["melanoma"]) for p in preds]),
+                         bootstrap=2000, seed=0)  # fmt: skip
     assert saved["melanoma"]["auc"] == pytest.approx(ref["auc"], abs=1e-9)
     assert saved["melanoma"]["ap"] == pytest.approx(ref["ap"], abs=1e-9)
+    # the default --bootstrap 2000 --ci-seed 0 interval, and sensitivity at specificities
+    assert saved["melanoma"]["auc_ci"] == pytest.approx(ref["auc_ci"], abs=1e-9)
+    assert saved["mean_auc_ci"] == saved["melanoma"]["auc_ci"]
+    lo, hi = saved["mean_auc_ci"]
+    assert lo - 1e-9 <= saved["melanoma"]["auc"] <= hi + 1e-9
+    sas = saved["melanoma"]["sensitivity_at_specificity"]
+    assert set(sas) == {"0.80", "0.90", "0.95"}
+    assert sas == pytest.approx(ref["sensitivity_at_specificity"], abs=1e-9)
 
 
 def test_model_and_loss_pieces() -> None:

@@ -85,7 +85,18 @@ class CheckpointMixin:
     """
 
     resume_ignore: frozenset[str] = frozenset(
-        {"epochs", "resume", "out", "workers", "device", "progress", "data_root", "patience"}
+        {
+            "epochs",
+            "resume",
+            "out",
+            "workers",
+            "device",
+            "progress",
+            "data_root",
+            "patience",
+            "bootstrap",
+            "ci_seed",
+        }
     )
 
     module: nn.Module
