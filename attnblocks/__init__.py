@@ -13,7 +13,7 @@ from .arl import (
     list_arl_block_types,
     register_arl_block,
 )
-from .backbones import convert_state_dict, load_backbone_weights
+from .backbones import architecture_for_weights, convert_state_dict, load_backbone_weights
 from .boxes import (
     box_to_inner_outer,
     boxes_from_masks,
@@ -51,6 +51,7 @@ __all__ = [
     "DiceAttentionRegularizer",
     "FocalLoss",
     "GridAttentionGate",
+    "architecture_for_weights",
     "attnmel_vgg16",
     "class_activation_map",
     "convert_state_dict",

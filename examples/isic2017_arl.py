@@ -190,7 +190,15 @@ def alpha_columns(model: nn.Module) -> dict[str, float]:
     return {f"alpha/{k}": float(v) for k, v in alphas.items()}
 
 
-def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path) -> Path:
+def cam_figure(
+    model: nn.Module,
+    dataset,
+    args,
+    device: torch.device,
+    path: Path,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Path:
     """CAM (Eq. 13) of the predicted class, and ARL attention of the last block, on test images."""
     model.eval()
     n = min(args.cam_images, len(dataset))
@@ -214,7 +222,7 @@ def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path
     classes = ("nevus", *names) if args.task == "both" else names
     titles = [f"{it['id']}\ntrue {classes[int(it['label'])]}\npred {classes[int(c)]}"
               for it, c in zip(items, cls, strict=True)]  # fmt: skip
-    images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    images = viz.denormalize(x, mean, std)
     return viz.save_overlays(images, maps, path, titles)
 
 
@@ -246,10 +254,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
-    train_tf = arl_train_transform(args.image_size, color_constancy=args.color_constancy)
-    test_tf = arl_test_transform(
-        args.image_size, args.test_views, color_constancy=args.color_constancy
-    )
+    torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
+    with cli.reading_weights(args.weights):
+        model = build_model(args, num_classes=3 if args.task == "both" else 2)
+    mean, std = cli.input_normalization(model)  # the pretrained_cfg of the weights' model
+    if info.is_main:
+        logging.info("input %s (the model's pretrained_cfg)", cli.describe_normalization(mean, std))
+    norm = {"color_constancy": args.color_constancy, "mean": mean, "std": std}
+    train_tf = arl_train_transform(args.image_size, **norm)
+    test_tf = arl_test_transform(args.image_size, args.test_views, **norm)
     splits = {
         "train": ISIC2017Dataset(root, "train", ds_task, train_tf, **load),
         "val": ISIC2017Dataset(root, "val", ds_task, test_tf, **load),
@@ -268,9 +281,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
-    torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    with cli.reading_weights(args.weights):
-        model = build_model(args, num_classes=3 if args.task == "both" else 2)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
@@ -290,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size)  # fmt: skip
+                        world_size=info.world_size,
+                        input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.arch}{' (plain ResNet)' if args.no_arl else ''}, task {args.task}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
@@ -309,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         viz.plot_curves(history, plots / "curves.png")
         if not args.no_arl:
             viz.plot_alphas(history, plots / "alphas.png")
-        cam_figure(trainer.module, test, args, device, plots / "cam.png")
+        cam_figure(trainer.module, test, args, device, plots / "cam.png", mean, std)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         print(report.format_table(metrics, tasks, title))
         print(f"metrics:     {out / 'metrics.json'}")

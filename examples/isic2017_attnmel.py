@@ -66,6 +66,7 @@ PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit":
 QUICK = {"epochs": 2, "batch_size": 16, "image_size": 64, "lr": 0.01, "limit": 60,
          "backbone": "resnet18"}  # fmt: skip
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
+NUM_CLASSES = {"isic2017": 2, "isic2016": 2, "isic2018": 7}  # the model's outputs per dataset
 
 # dataset name -> (dataset class, splits (train, val, test), task, melanoma class index, layout)
 DATASETS: dict[str, tuple[type, tuple[str, str, str], str, int, tuple[str, ...]]] = {
@@ -110,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sigmoid",
         help="attention map normalization (the Dice term needs sigmoid)",
     )
-    g.add_argument("--weights", type=Path, default=None, help="local backbone checkpoint")
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local backbone checkpoint; an EfficientNet-PyTorch one (converted from TensorFlow) "
+        "builds timm's tf_ variant of --backbone (efficientnet_lite0 -> tf_efficientnet_lite0)",
+    )
     g.add_argument("--pretrained", action="store_true", help="timm's weights (network access)")
     g.add_argument(
         "--roi",
@@ -191,7 +198,15 @@ def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
     return sub
 
 
-def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]:
+def build_datasets(
+    args: argparse.Namespace,
+    root: Path,
+    info,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Any]:
+    """The train/val/test datasets, their transforms normalising with ``mean``/``std`` (the
+    model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
         "image_size": args.load_size, "progress": info.is_main and args.progress,
@@ -202,8 +217,8 @@ def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]
     if args.dataset == "isic2018":
         load["split_file"] = Path(args.out) / "split.json"
         load["split_mismatch"] = "error" if args.resume else "replace"
-    train_tf = attnmel_train_transform(args.image_size)
-    eval_tf = attnmel_eval_transform(args.image_size)
+    train_tf = attnmel_train_transform(args.image_size, mean=mean, std=std)
+    eval_tf = attnmel_eval_transform(args.image_size, mean=mean, std=std)
     out = {}
     for name, split in zip(("train", "val", "test"), splits, strict=True):
         out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
@@ -300,10 +315,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info.barrier()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    splits = build_datasets(args, root, info)
-    train, val, test = splits["train"], splits["val"], splits["test"]
     multiclass = args.dataset == "isic2018"
-    num_classes = len(train.class_names)
+    num_classes = NUM_CLASSES[args.dataset]
+    torch.manual_seed(args.seed)
+    with cli.reading_weights(args.weights):
+        args.backbone, arch_line = cli.resolve_architecture(args.backbone, args.weights)
+        net = build_model(args, num_classes)
+    mean, std = cli.input_normalization(net)
+    if info.is_main:
+        logging.info("%s; input %s (its pretrained_cfg)", arch_line,
+                     cli.describe_normalization(mean, std))  # fmt: skip
+    if net.load_report is not None and info.is_main:
+        logging.info("backbone weights %s: %s", args.weights, net.load_report)
+    splits = build_datasets(args, root, info, mean, std)
+    train, val, test = splits["train"], splits["val"], splits["test"]
     sampler = OversamplingSampler(
         train.labels, repeats={mel_index: args.oversample}, seed=args.seed
     )
@@ -313,11 +338,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
-    torch.manual_seed(args.seed)
-    with cli.reading_weights(args.weights):
-        net = build_model(args, num_classes)
-    if net.load_report is not None and info.is_main:
-        logging.info("backbone weights %s: %s", args.weights, net.load_report)
     if args.roi == "lesion" and len(net.gates) != len(args.lambdas):
         raise ValueError(
             f"--lambdas needs one weight per gate ({len(net.gates)}), got {args.lambdas}"
@@ -349,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size)  # fmt: skip
+                        world_size=info.world_size,
+                        input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.backbone} ({args.head}, roi {args.roi}) on {args.dataset}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
@@ -391,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     for k, m in enumerate(maps)}  # fmt: skip
             if has.any():  # the shared ISIC 2017 test set comes without masks
                 over["lesion mask"] = masks.float()
-            images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+            images = viz.denormalize(x, mean, std)
             viz.save_overlays(images, over, plots / "attention.png", ids)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         if multiclass:

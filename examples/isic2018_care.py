@@ -52,8 +52,11 @@ from examples.isic.cli import (
     check_common_args,
     check_numbers,
     default_out_dir,
+    describe_normalization,
+    input_normalization,
     prepare_out_dir,
     reading_weights,
+    resolve_architecture,
     resolve_profile,
     run_cli,
     run_settings,
@@ -133,21 +136,29 @@ def input_size(image_size: int) -> tuple[int, int]:
     return image_size, round(image_size * 4 / 3)
 
 
-def train_transform(size: tuple[int, int]) -> v2.Compose:
+def train_transform(
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(1.1, 1.6), antialias=True),
         v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(20),
         v2.ColorJitter(0.1, 0.1, 0.1),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])  # fmt: skip
 
 
-def eval_transform(size: tuple[int, int]) -> v2.Compose:
+def eval_transform(
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
     return v2.Compose([
         v2.Resize(size, antialias=True),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])  # fmt: skip
 
 
@@ -303,8 +314,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"CARE needs at least 2 training images (BatchNorm), the train split has "
             f"{len(sets['train'])}; raise --train-limit or lower --val-fraction/--test-fraction"
         )
-    with reading_weights(None if args.weights in ("none", "timm") else args.weights):
+    local = None if args.weights in ("none", "timm") else args.weights
+    with reading_weights(local):
+        args.arch, arch_line = resolve_architecture(args.arch, local, "--arch")
         model = build_model(args)
+    mean, std = input_normalization(model)
+    size = input_size(args.image_size)
+    for split, data in sets.items():  # normalise as the weights' pretrained_cfg says
+        data.transform = (train_transform if split == "train" else eval_transform)(size, mean, std)
+    if dist.is_main:
+        print(f"{arch_line}; input {describe_normalization(mean, std)} (its pretrained_cfg)")
     layer = target_layer(model, args.target_layer)
     care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
                    outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip
@@ -370,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         resume = True
     if dist.is_main:
         save_config(out, args, target_layer=layer, rare_class_indices=rare,
-                    data={s: d.base.summary() for s, d in sets.items()})  # fmt: skip
+                    data={s: d.base.summary() for s, d in sets.items()},
+                    input_normalization={"mean": mean, "std": std})  # fmt: skip
     last = out / "checkpoints" / "last.pt"
     set_epoch(read_checkpoint(last, "--resume")["epoch"] + 1 if resume else 0)
     history = trainer.fit(
@@ -397,8 +417,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if history:
             plot_curves(history, out / "plots" / "curves.png")
         save_rare_overlays(
-            trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png"
-        )
+            trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png",
+            mean=mean, std=std,
+        )  # fmt: skip
         title = f"ISIC 2018 test ({'CARE' if used_care else 'no CARE'}, epoch {chosen})"
         print(format_multiclass_table(metrics, title))
         print("confusion matrix (rows = truth):", *metrics["confusion_matrix"], sep="\n  ")
@@ -440,7 +461,9 @@ def rare_attention(
 
 
 def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],
-                       device: torch.device, path: Path, per_class: int = 3) -> None:  # fmt: skip
+                       device: torch.device, path: Path, per_class: int = 3,
+                       mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> None:  # fmt: skip
     """Grad-CAM of the true class over rare-class test images, with the lesion box drawn."""
     picks = [i for c in rare for i in np.flatnonzero(data.base.labels == c)[:per_class]]
     if not picks:
@@ -464,7 +487,7 @@ def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list
         f"{it['id']} {CLASSES[int(t)]} p={float(probs[k, t]):.2f}"
         for k, (it, t) in enumerate(zip(items, targets, strict=True))
     ]
-    save_overlays(denormalize(images, IMAGENET_MEAN, IMAGENET_STD),
+    save_overlays(denormalize(images, mean, std),
                   {"Grad-CAM": cam.detach().cpu(), "box": edge.cpu()}, path, titles)  # fmt: skip
 
 
