@@ -32,7 +32,6 @@ if __package__ in (None, ""):  # `python examples/isic2017_arl.py` from the repo
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -47,6 +46,7 @@ from examples.isic import (
     cli,
     default_synthetic_root,
     isic2017_metrics,
+    recipes,
     report,
     viz,
     write_predictions_csv,
@@ -64,6 +64,7 @@ PAPER = {
     "arch": "arl_cnn50",
     "patches_per_image": 60,
     "limit": None,
+    "weight_decay": 1e-4,
 }
 QUICK = {
     "epochs": 3,
@@ -75,6 +76,10 @@ QUICK = {
     "limit": 60,
 }
 ARCH_LR = {"arl_cnn50": 1e-4, "arl_cnn14": 1e-2}
+# the timm recipe: AdamW fine-tuning of ARL-CNN50 / from scratch for ARL-CNN14; one patch per image
+# per epoch (an epoch is then one pass over the training images)
+TIMM_ARCH_LR = {"arl_cnn50": 3e-4, "arl_cnn14": 1e-3}
+TIMM_PROFILE = {"patches_per_image": 1}
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
 
 
@@ -127,9 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the 9 test views: fixed crops, or 9 random central patches (paper)",
     )
     g.add_argument("--color-constancy", action="store_true", help="gray-world colour constancy")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--lr-step", type=int, default=30, help="halve the lr every N epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="paper recipe: SGD momentum")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="default 1e-4 (paper), 0.05 (timm recipe)"
+    )
+    g.add_argument(
+        "--lr-step", type=int, default=30, help="paper recipe: halve the lr every N epochs"
+    )
     g.add_argument("--lr-gamma", type=float, default=0.5)
     g.add_argument(
         "--patience",
@@ -156,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resized-image cache (default ~/.cache/attnblocks/isic2017-resized)",
     )
     g.add_argument("--cam-images", type=int, default=4, help="test images in plots/cam.png")
+    recipes.add_recipe_args(p)
     return p
 
 
@@ -230,9 +240,12 @@ def cam_figure(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     synthetic = args.data_root is None
-    cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    if args.recipe == "timm":
+        paper = {**paper, **TIMM_PROFILE, "lr": None}  # the lr depends on --arch (below)
+    cli.resolve_profile(args, paper, quick, use_quick=args.quick or synthetic)
     if args.lr is None:
-        args.lr = ARCH_LR[args.arch]
+        args.lr = (TIMM_ARCH_LR if args.recipe == "timm" else ARCH_LR)[args.arch]
     cli.check_common_args(args)
     cli.check_numbers(
         args,
@@ -281,13 +294,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
+        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
+        criterion: nn.Module = recipes.timm_loss(args.smoothing)
+    else:  # the paper's: SGD, lr halved every --lr-step epochs, cross-entropy
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+        criterion = nn.CrossEntropyLoss()
 
     def loss_fn(batch: dict, output: torch.Tensor, _model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(output.float(), batch["label"])
+        return criterion(output.float(), batch["label"])
 
     run_config = cli.run_settings(args)
     trainer = Trainer(
@@ -295,8 +313,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric_fn=report.isic2017_metric_fn(ds_task), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
         patience=args.patience, epoch_log=alpha_columns, run_config=run_config,
-        dist_info=info, progress=args.progress,
+        dist_info=info, progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},

@@ -51,6 +51,7 @@ from examples.isic import (
     cli,
     default_synthetic_root,
     multiclass_metrics,
+    recipes,
     report,
     viz,
     write_predictions_csv,
@@ -62,7 +63,7 @@ from examples.isic.metrics import ci_method
 
 SCRIPT = "isic2017_attnmel"
 PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
-         "backbone": "vgg16_bn"}  # fmt: skip
+         "backbone": "vgg16_bn", "weight_decay": 1e-4}  # fmt: skip
 QUICK = {"epochs": 2, "batch_size": 16, "image_size": 64, "lr": 0.01, "limit": 60,
          "backbone": "resnet18"}  # fmt: skip
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
@@ -134,9 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma (0: CE)")
     g.add_argument("--oversample", type=int, default=4, help="repeat melanoma images N times")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--lr-step", type=int, default=10, help="divide the lr by 10 every N epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="paper recipe: SGD momentum")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="default 1e-4 (paper), 0.05 (timm recipe)"
+    )
+    g.add_argument(
+        "--lr-step", type=int, default=10, help="paper recipe: divide the lr by 10 every N epochs"
+    )
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--patience", type=int, default=None, help="early stop (paper: none)")
     g.add_argument(
@@ -159,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resized-image cache (default ~/.cache/attnblocks/isic-resized)",
     )
     g.add_argument("--overlay-images", type=int, default=4, help="images in plots/attention.png")
+    recipes.add_recipe_args(p)
     return p
 
 
@@ -293,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"--dataset {args.dataset} needs --data-root (the synthetic default is ISIC 2017)"
         )
-    cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    cli.resolve_profile(args, paper, quick, use_quick=args.quick or synthetic)
     cli.check_common_args(args)
     cli.check_numbers(
         args,
@@ -343,21 +350,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"--lambdas needs one weight per gate ({len(net.gates)}), got {args.lambdas}"
         )
     model = WithAttention(net)
-    focal = ab.FocalLoss(gamma=args.focal_gamma)
+    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
+        optimizer, scheduler = recipes.build_timm_training(net, args, len(train_loader))
+        cls_loss, cls_name = recipes.timm_loss(args.smoothing), "ce"
+    else:  # the paper's: SGD (Nesterov), lr / 10 every --lr-step epochs, focal loss
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
+            weight_decay=args.weight_decay,
+        )  # fmt: skip
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+        cls_loss, cls_name = ab.FocalLoss(gamma=args.focal_gamma), "focal"
     dice = ab.DiceAttentionRegularizer(weights=args.lambdas) if args.roi == "lesion" else None
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
-        weight_decay=args.weight_decay,
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
 
     def loss_fn(batch: dict, output: tuple[Tensor, list[Tensor]], _model: nn.Module):
         logits, maps = output
-        loss = focal(logits.float(), batch["label"])
+        loss = cls_loss(logits.float(), batch["label"])
         if dice is None:
             return loss
         reg = dice([m.float() for m in maps], batch["mask"], valid=batch["has_mask"])
-        return loss + reg, {"focal": loss.detach(), "dice": reg.detach()}
+        return loss + reg, {cls_name: loss.detach(), "dice": reg.detach()}
 
     run_config = cli.run_settings(args)
     trainer = Trainer(
@@ -365,7 +376,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
         patience=args.patience, run_config=run_config, dist_info=info, progress=args.progress,
+        ema_decay=args.ema_decay or None,
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},

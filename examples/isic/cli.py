@@ -469,7 +469,10 @@ def resolve_architecture(
 
     if weights is not None and not Path(weights).is_file():
         raise ValueError(f"--weights {weights}: no such file")
-    arch, why = ab.architecture_for_weights(name, weights)
+    try:
+        arch, why = ab.architecture_for_weights(name, weights)
+    except ValueError as err:  # a truncated or foreign file
+        raise ValueError(f"--weights {weights}: cannot load these weights ({err})") from err
     if why is None:
         return arch, f"architecture {arch}"
     return arch, f"architecture {arch} ({flag} {name} with --weights {weights}: {why})"
