@@ -256,7 +256,7 @@ def metric_fn_for(dataset: Any, multiclass: bool):
     def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         if multiclass:
             return report.flatten_metrics(multiclass_metrics(targets, probs, names))
-        m = binary_metrics(targets, probs[:, 1])
+        m = report.flatten_metrics(binary_metrics(targets, probs[:, 1]))
         return {**m, "mean_auc": m["auc"]}
 
     return metric_fn

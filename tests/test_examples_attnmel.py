@@ -50,6 +50,8 @@ def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
         float(row["train_focal"]) + float(row["train_dice"]), rel=1e-5
     )
     assert 0 < float(row["train_dice"]) <= 1e-3 + 1e-2
+    # validation metrics are flat numbers (sensitivity at each specificity its own column)
+    assert 0 <= float(row["val_sensitivity_at_specificity_0.90"]) <= 1
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mean_auc"] == saved["melanoma"]["auc"] == pytest.approx(metrics["mean_auc"])
     jac = saved["attention_jaccard"]
