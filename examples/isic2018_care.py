@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnblocks as ab
-from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
+from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights, recipes
 from examples.isic.checkpointing import config_differences, read_checkpoint
 from examples.isic.cli import (
     add_common_args,
@@ -75,7 +75,8 @@ from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
 
 CLASSES = ISIC2018Dataset.class_names
-PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3}
+PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3,
+         "weight_decay": 1e-4}  # fmt: skip
 QUICK = {"epochs": 2, "stage1_epochs": 1, "batch_size": 16, "image_size": 64, "lr": 1e-3}
 SAMPLERS = {"uniform": 0.0, "sqrt": 0.5, "balanced": 1.0}  # class weight power
 STAGE2_KEYS = {"no_care", "tau", "mix", "outer", "boxes", "box_margin", "stage1_from", "clip_boxes"}
@@ -103,7 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--clip-boxes", action="store_true", help="clip boxes outside the image")
     g.add_argument("--no-care", action="store_true", help="baseline: CE in both stages")
     g.add_argument("--sampler", choices=list(SAMPLERS), default="uniform")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW: 1e-4 (default), 0.05 (timm recipe)"
+    )
     g.add_argument("--select", choices=["best", "last"], default="best",
                    help="test the best stage-2 checkpoint (val balanced accuracy) or the last")  # fmt: skip
     g.add_argument("--stage1-from", type=Path, default=None,
@@ -114,9 +117,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--synthetic-n", type=int, default=400, help="synthetic images (no data root)")
     g.add_argument("--train-limit", type=int, default=None,
                    help="train on a random subset of N training images (val/test stay whole)")  # fmt: skip
+    recipes.add_recipe_args(p)
     args = p.parse_args(argv)
     use_quick = args.quick or args.data_root is None
-    resolve_profile(args, PAPER, QUICK, use_quick)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    if args.recipe == "timm":  # CARE keeps its two stages (10 + 10 epochs)
+        paper["epochs"] = PAPER["epochs"]
+    resolve_profile(args, paper, quick, use_quick)
     if args.quick and args.arch == "efficientnet_lite0" and "--arch" not in (argv or sys.argv):
         args.arch = "resnet10t"
     return args
@@ -294,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         non_negative=("box_margin", "weight_decay", "mix"),
         fraction=("val_fraction", "test_fraction"),
     )
+    if args.stage1_from is not None and args.recipe == "timm":
+        raise ValueError(
+            "--stage1-from needs --recipe paper: the timm recipe's cosine schedule and EMA span "
+            "both stages, so a stage-1 state of another run does not fit"
+        )
     if args.mix > 1:
         raise ValueError(f"--mix must lie in [0, 1], got {args.mix}")
     if args.stage1_epochs > args.epochs or args.stage1_epochs < 0:
@@ -325,8 +337,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if dist.is_main:
         print(f"{arch_line}; input {describe_normalization(mean, std)} (its pretrained_cfg)")
     layer = target_layer(model, args.target_layer)
-    care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
-                   outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip
 
     weights = class_balanced_weights(sets["train"].base.labels, SAMPLERS[args.sampler])
     sampler = WeightedSampler(weights, seed=args.seed) if args.sampler != "uniform" else None
@@ -344,6 +354,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=drop_last, **loader_kw
     )
     eval_loader = {s: shard_loader(sets[s], dist, **loader_kw) for s in ("val", "test")}
+    scheduler, criterion = None, None
+    if args.recipe == "timm":  # AdamW from timm, per-step cosine with warm-up, EMA, smoothed CE
+        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
+        criterion = recipes.timm_loss(args.smoothing)
+    else:  # AdamW at a constant lr, cross-entropy
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, weight_decay=args.weight_decay
+        )
+    care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
+                   outer=args.outer, clip_boxes=args.clip_boxes, enabled=False,
+                   criterion=criterion)  # fmt: skip
 
     def forward(m: nn.Module, batch: dict) -> Any:
         if m.training and torch.is_grad_enabled():
@@ -377,12 +398,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     run_config = run_settings(args)
     trainer = Trainer(
-        model, loss_fn, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay),
-        out, device, metric_fn=metric_fn, monitor="select", forward=forward, amp=args.amp,
+        model, loss_fn, optimizer, out, device, scheduler=scheduler, metric_fn=metric_fn,
+        monitor="select", forward=forward, amp=args.amp, ema_decay=args.ema_decay or None,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed, run_config=run_config,
         dist_info=dist, progress=args.progress,
         epoch_log=lambda m: {"stage": care_stage(), "care_enabled": float(care.enabled)},
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     resume = args.resume
     if args.stage1_from is not None and not args.resume:
         seed_stage2_from(args, out, run_config)

@@ -223,3 +223,27 @@ def test_attnmel_timm_recipe_runs_with_ce_and_dice(tiny_root: Path, tmp_path: Pa
     )
     best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert best["ema"] is not None and best["run_config"]["recipe"] == "timm"
+
+
+def test_care_timm_recipe_keeps_two_stages(tmp_path: Path) -> None:
+    from conftest import shared_subset
+
+    from examples import isic2018_care as care
+
+    args = care.parse_args(["--recipe", "timm", "--data-root", str(tmp_path)])
+    assert (args.epochs, args.stage1_epochs, args.lr, args.weight_decay) == (20, 10, 3e-4, 0.05)
+    paper = care.parse_args(["--data-root", str(tmp_path)])
+    assert (paper.epochs, paper.lr, paper.weight_decay, paper.ema_decay) == (20, 1e-3, 1e-4, None)
+    root = shared_subset("isic2018_200x150_mini")
+    out = tmp_path / "care"
+    argv = ["--data-root", str(root), "--arch", "resnet10t", "--image-size", "48", "--batch-size",
+            "8", "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs",
+            "2", "--stage1-epochs", "1", "--recipe", "timm", "--bootstrap", "0"]  # fmt: skip
+    care.main([*argv, "--out", str(out)])
+    rows = _rows(out)
+    assert [r["stage"] for r in rows] == ["1", "2"] and float(rows[1]["train_care"]) != 0
+    assert float(rows[0]["lr"]) == pytest.approx(3e-6)  # lr/100 at the start of the warm-up
+    last = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["ema"] is not None and last["scheduler"]["t_initial"] > 0
+    with pytest.raises(ValueError, match="--stage1-from needs --recipe paper"):
+        care.main([*argv, "--out", str(tmp_path / "s2"), "--stage1-from", str(out)])
