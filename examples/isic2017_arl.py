@@ -5,6 +5,8 @@ Paper protocol as defaults: ARL-CNN50 fine-tuned from a ResNet-50 checkpoint (``
 or ``--pretrained``), SGD with batch 32, lr 1e-4 (ARL-CNN50) or 1e-2 (ARL-CNN14 from scratch)
 halved every 30 epochs, at most 100 epochs, alpha initialised to 1e-3, 60 random central patches
 per image per epoch, 9 test views averaged, best epoch by validation AUC (early stopping).
+``--recipe timm`` trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
+(``examples/isic/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_arl.py                                    # synthetic demo, ~2 min CPU
     python examples/isic2017_arl.py --data-root ISIC2017 --weights resnet50.pth

@@ -6,7 +6,9 @@ pool-5 (``--backbone`` takes any timm model), focal loss (gamma 2), melanoma ove
 (momentum 0.9, Nesterov, weight decay 1e-4) with lr 0.01 divided by 10 every 10 epochs, 50 epochs,
 batch 32, 224 px crops, best epoch by validation AUC. ``--roi lesion`` adds
 ``lambda_3 (1 - Dice(A3, M3)) + lambda_4 (1 - Dice(A4, M4))`` with the Part 1 lesion masks
-(lambdas 0.001 / 0.01; images without a mask are left out of the Dice term).
+(lambdas 0.001 / 0.01; images without a mask are left out of the Dice term). ``--recipe timm``
+trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
+(``examples/isic/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_attnmel.py                                    # synthetic demo
     python examples/isic2017_attnmel.py --data-root ISIC2017 --weights vgg16_bn.pth --roi lesion

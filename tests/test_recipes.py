@@ -92,6 +92,9 @@ def test_optimizer_schedule_and_loss() -> None:
     assert scales[0] < 0.1 and scales[-1] == 1.0
     with pytest.raises(ValueError, match="group_matcher"):
         recipes.build_timm_training(nn.Sequential(nn.Linear(2, 2)), args, 5)
+    args.layer_decay, args.opt = None, "nope"
+    with pytest.raises(ValueError, match="--opt nope: Optimizer nope not found"):
+        recipes.build_timm_training(net, args, 5)
     loss = recipes.timm_loss(0.1)
     logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     logp = logits.log_softmax(1)
