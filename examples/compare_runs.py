@@ -7,6 +7,9 @@ ARL paper (Sec. V-G: ARL-CNN50 vs ResNet-50 over repeated runs).
 Each file is an ``OUT/metrics.json`` of the example scripts. Every numeric leaf present in all
 files is compared (``mean_auc``, ``melanoma.auc``, ...; ``--metrics`` picks some). The test is
 Student's two-sample t-test with pooled variance (``--welch`` for unequal variances), two-sided.
+The sensitivities at fixed specificities (``melanoma.sensitivity_at_specificity.0.90``, ...) are
+compared like any other number; every run's AUCs with their bootstrap 95 % intervals (``auc_ci`` in
+``metrics.json``) are listed after the table.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-__all__ = ["compare", "format_comparison", "load_runs", "main"]
+__all__ = [
+    "auc_intervals",
+    "compare",
+    "format_comparison",
+    "format_intervals",
+    "load_runs",
+    "main",
+]
 
 
 def _leaves(obj: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -39,9 +49,43 @@ def _leaves(obj: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[dict[str, float]]:
-    """Read metrics JSON files into flat ``{"melanoma.auc": value, ...}`` dicts."""
-    runs = []
+def _intervals(obj: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[float, float, float]]:
+    out: dict[str, tuple[float, float, float]] = {}
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            out.update(_intervals(v, f"{prefix}{k}."))
+        elif k.endswith("_ci") and isinstance(v, list) and len(v) == 2:
+            point = obj.get(k[: -len("_ci")])
+            if isinstance(point, int | float) and not isinstance(point, bool):
+                out[f"{prefix}{k[: -len('_ci')]}"] = (float(point), float(v[0]), float(v[1]))
+    return out
+
+
+def auc_intervals(paths: Sequence[str | Path]) -> list[dict[str, tuple[float, float, float]]]:
+    """Per file: ``{"melanoma.auc": (auc, lo, hi), "mean_auc": (...), ...}``, every AUC of a
+    ``metrics.json`` that carries a bootstrap interval (``auc_ci`` next to ``auc``)."""
+    return [_intervals(data) for data in _read(paths)]
+
+
+def format_intervals(
+    groups: Sequence[tuple[str, Sequence[str | Path]]], metrics: Sequence[str] | None = None
+) -> str:
+    """A text table: every run's AUCs with their 95 % bootstrap intervals (``lo-hi``)."""
+    rows = []
+    for name, paths in groups:
+        for path, found in zip(paths, auc_intervals(paths), strict=True):
+            for key, (point, lo, hi) in sorted(found.items()):
+                if metrics and key not in metrics:
+                    continue
+                rows.append(f"{name:<12} {key:<30} {point:7.4f} [{lo:.4f}, {hi:.4f}]  {path}")
+    if not rows:
+        return ""
+    head = f"{'method':<12} {'AUC':<30} {'value':>7} {'95% CI':<18}  file"
+    return "\n".join([head, "-" * len(head), *rows])
+
+
+def _read(paths: Sequence[str | Path]) -> list[Mapping[str, Any]]:
+    out = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
@@ -58,8 +102,13 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, float]]:
             raise ValueError(
                 f"{path}: expected a JSON object of metrics, got {type(data).__name__}"
             )
-        runs.append(_leaves(data))
-    return runs
+        out.append(data)
+    return out
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[dict[str, float]]:
+    """Read metrics JSON files into flat ``{"melanoma.auc": value, ...}`` dicts."""
+    return [_leaves(data) for data in _read(paths)]
 
 
 def compare(
@@ -131,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"{args.names[0]}: {len(args.a)} runs, {args.names[1]}: {len(args.b)} runs; "
           f"two-sided {test} two-sample t-test")  # fmt: skip
     print(format_comparison(rows, args.names))
+    intervals = format_intervals([(args.names[0], args.a), (args.names[1], args.b)], args.metrics)
+    if intervals:
+        print("\nper run: AUC and its 95% bootstrap confidence interval")
+        print(intervals)
     if args.json is not None:
         from examples.isic.cli import write_json
 

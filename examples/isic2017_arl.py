@@ -5,6 +5,8 @@ Paper protocol as defaults: ARL-CNN50 fine-tuned from a ResNet-50 checkpoint (``
 or ``--pretrained``), SGD with batch 32, lr 1e-4 (ARL-CNN50) or 1e-2 (ARL-CNN14 from scratch)
 halved every 30 epochs, at most 100 epochs, alpha initialised to 1e-3, 60 random central patches
 per image per epoch, 9 test views averaged, best epoch by validation AUC (early stopping).
+``--recipe timm`` trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
+(``examples/isic/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_arl.py                                    # synthetic demo, ~2 min CPU
     python examples/isic2017_arl.py --data-root ISIC2017 --weights resnet50.pth
@@ -32,7 +34,6 @@ if __package__ in (None, ""):  # `python examples/isic2017_arl.py` from the repo
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -47,6 +48,7 @@ from examples.isic import (
     cli,
     default_synthetic_root,
     isic2017_metrics,
+    recipes,
     report,
     viz,
     write_predictions_csv,
@@ -64,6 +66,7 @@ PAPER = {
     "arch": "arl_cnn50",
     "patches_per_image": 60,
     "limit": None,
+    "weight_decay": 1e-4,
 }
 QUICK = {
     "epochs": 3,
@@ -75,6 +78,10 @@ QUICK = {
     "limit": 60,
 }
 ARCH_LR = {"arl_cnn50": 1e-4, "arl_cnn14": 1e-2}
+# the timm recipe: AdamW fine-tuning of ARL-CNN50 / from scratch for ARL-CNN14; one patch per image
+# per epoch (an epoch is then one pass over the training images)
+TIMM_ARCH_LR = {"arl_cnn50": 3e-4, "arl_cnn14": 1e-3}
+TIMM_PROFILE = {"patches_per_image": 1}
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
 
 
@@ -127,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the 9 test views: fixed crops, or 9 random central patches (paper)",
     )
     g.add_argument("--color-constancy", action="store_true", help="gray-world colour constancy")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--lr-step", type=int, default=30, help="halve the lr every N epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="paper recipe: SGD momentum")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="default 1e-4 (paper), 0.05 (timm recipe)"
+    )
+    g.add_argument(
+        "--lr-step", type=int, default=30, help="paper recipe: halve the lr every N epochs"
+    )
     g.add_argument("--lr-gamma", type=float, default=0.5)
     g.add_argument(
         "--patience",
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resized-image cache (default ~/.cache/attnblocks/isic2017-resized)",
     )
     g.add_argument("--cam-images", type=int, default=4, help="test images in plots/cam.png")
+    recipes.add_recipe_args(p)
     return p
 
 
@@ -190,7 +202,15 @@ def alpha_columns(model: nn.Module) -> dict[str, float]:
     return {f"alpha/{k}": float(v) for k, v in alphas.items()}
 
 
-def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path) -> Path:
+def cam_figure(
+    model: nn.Module,
+    dataset,
+    args,
+    device: torch.device,
+    path: Path,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Path:
     """CAM (Eq. 13) of the predicted class, and ARL attention of the last block, on test images."""
     model.eval()
     n = min(args.cam_images, len(dataset))
@@ -214,7 +234,7 @@ def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path
     classes = ("nevus", *names) if args.task == "both" else names
     titles = [f"{it['id']}\ntrue {classes[int(it['label'])]}\npred {classes[int(c)]}"
               for it, c in zip(items, cls, strict=True)]  # fmt: skip
-    images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    images = viz.denormalize(x, mean, std)
     return viz.save_overlays(images, maps, path, titles)
 
 
@@ -222,9 +242,12 @@ def cam_figure(model: nn.Module, dataset, args, device: torch.device, path: Path
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     synthetic = args.data_root is None
-    cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    if args.recipe == "timm":
+        paper = {**paper, **TIMM_PROFILE, "lr": None}  # the lr depends on --arch (below)
+    cli.resolve_profile(args, paper, quick, use_quick=args.quick or synthetic)
     if args.lr is None:
-        args.lr = ARCH_LR[args.arch]
+        args.lr = (TIMM_ARCH_LR if args.recipe == "timm" else ARCH_LR)[args.arch]
     cli.check_common_args(args)
     cli.check_numbers(
         args,
@@ -246,10 +269,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
-    train_tf = arl_train_transform(args.image_size, color_constancy=args.color_constancy)
-    test_tf = arl_test_transform(
-        args.image_size, args.test_views, color_constancy=args.color_constancy
-    )
+    torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
+    with cli.reading_weights(args.weights):
+        model = build_model(args, num_classes=3 if args.task == "both" else 2)
+    mean, std = cli.input_normalization(model)  # the pretrained_cfg of the weights' model
+    if info.is_main:
+        logging.info("input %s (the model's pretrained_cfg)", cli.describe_normalization(mean, std))
+    norm = {"color_constancy": args.color_constancy, "mean": mean, "std": std}
+    train_tf = arl_train_transform(args.image_size, **norm)
+    test_tf = arl_test_transform(args.image_size, args.test_views, **norm)
     splits = {
         "train": ISIC2017Dataset(root, "train", ds_task, train_tf, **load),
         "val": ISIC2017Dataset(root, "val", ds_task, test_tf, **load),
@@ -268,16 +296,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
-    torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    with cli.reading_weights(args.weights):
-        model = build_model(args, num_classes=3 if args.task == "both" else 2)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
+        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
+        criterion: nn.Module = recipes.timm_loss(args.smoothing)
+    else:  # the paper's: SGD, lr halved every --lr-step epochs, cross-entropy
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+        criterion = nn.CrossEntropyLoss()
 
     def loss_fn(batch: dict, output: torch.Tensor, _model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(output.float(), batch["label"])
+        return criterion(output.float(), batch["label"])
 
     run_config = cli.run_settings(args)
     trainer = Trainer(
@@ -285,12 +315,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric_fn=report.isic2017_metric_fn(ds_task), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
         patience=args.patience, epoch_log=alpha_columns, run_config=run_config,
-        dist_info=info, progress=args.progress,
+        dist_info=info, progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size)  # fmt: skip
+                        world_size=info.world_size,
+                        input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.arch}{' (plain ResNet)' if args.no_arl else ''}, task {args.task}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
@@ -299,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
     scores, truth = report.isic2017_scores(preds.probs, preds.targets, ds_task)
-    metrics = isic2017_metrics(truth, scores, tasks=tasks)
+    metrics = isic2017_metrics(
+        truth, scores, tasks=tasks, bootstrap=args.bootstrap, seed=args.ci_seed
+    )
     if info.is_main:
         cli.write_json(out / "metrics.json", metrics)
         write_predictions_csv(out / "predictions.csv", preds.ids, scores, tasks, "image_id")
@@ -307,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         viz.plot_curves(history, plots / "curves.png")
         if not args.no_arl:
             viz.plot_alphas(history, plots / "alphas.png")
-        cam_figure(trainer.module, test, args, device, plots / "cam.png")
+        cam_figure(trainer.module, test, args, device, plots / "cam.png", mean, std)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         print(report.format_table(metrics, tasks, title))
         print(f"metrics:     {out / 'metrics.json'}")

@@ -6,7 +6,9 @@ pool-5 (``--backbone`` takes any timm model), focal loss (gamma 2), melanoma ove
 (momentum 0.9, Nesterov, weight decay 1e-4) with lr 0.01 divided by 10 every 10 epochs, 50 epochs,
 batch 32, 224 px crops, best epoch by validation AUC. ``--roi lesion`` adds
 ``lambda_3 (1 - Dice(A3, M3)) + lambda_4 (1 - Dice(A4, M4))`` with the Part 1 lesion masks
-(lambdas 0.001 / 0.01; images without a mask are left out of the Dice term).
+(lambdas 0.001 / 0.01; images without a mask are left out of the Dice term). ``--recipe timm``
+trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
+(``examples/isic/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_attnmel.py                                    # synthetic demo
     python examples/isic2017_attnmel.py --data-root ISIC2017 --weights vgg16_bn.pth --roi lesion
@@ -51,6 +53,7 @@ from examples.isic import (
     cli,
     default_synthetic_root,
     multiclass_metrics,
+    recipes,
     report,
     viz,
     write_predictions_csv,
@@ -58,13 +61,15 @@ from examples.isic import (
 from examples.isic.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer
+from examples.isic.metrics import ci_method
 
 SCRIPT = "isic2017_attnmel"
 PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
-         "backbone": "vgg16_bn"}  # fmt: skip
+         "backbone": "vgg16_bn", "weight_decay": 1e-4}  # fmt: skip
 QUICK = {"epochs": 2, "batch_size": 16, "image_size": 64, "lr": 0.01, "limit": 60,
          "backbone": "resnet18"}  # fmt: skip
 SYNTHETIC = {"n_train": 150, "n_val": 60, "n_test": 90, "size": 96}
+NUM_CLASSES = {"isic2017": 2, "isic2016": 2, "isic2018": 7}  # the model's outputs per dataset
 
 # dataset name -> (dataset class, splits (train, val, test), task, melanoma class index, layout)
 DATASETS: dict[str, tuple[type, tuple[str, str, str], str, int, tuple[str, ...]]] = {
@@ -109,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sigmoid",
         help="attention map normalization (the Dice term needs sigmoid)",
     )
-    g.add_argument("--weights", type=Path, default=None, help="local backbone checkpoint")
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local backbone checkpoint; an EfficientNet-PyTorch one (converted from TensorFlow) "
+        "builds timm's tf_ variant of --backbone (efficientnet_lite0 -> tf_efficientnet_lite0)",
+    )
     g.add_argument("--pretrained", action="store_true", help="timm's weights (network access)")
     g.add_argument(
         "--roi",
@@ -126,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma (0: CE)")
     g.add_argument("--oversample", type=int, default=4, help="repeat melanoma images N times")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--lr-step", type=int, default=10, help="divide the lr by 10 every N epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="paper recipe: SGD momentum")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="default 1e-4 (paper), 0.05 (timm recipe)"
+    )
+    g.add_argument(
+        "--lr-step", type=int, default=10, help="paper recipe: divide the lr by 10 every N epochs"
+    )
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--patience", type=int, default=None, help="early stop (paper: none)")
     g.add_argument(
@@ -151,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resized-image cache (default ~/.cache/attnblocks/isic-resized)",
     )
     g.add_argument("--overlay-images", type=int, default=4, help="images in plots/attention.png")
+    recipes.add_recipe_args(p)
     return p
 
 
@@ -190,7 +206,15 @@ def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
     return sub
 
 
-def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]:
+def build_datasets(
+    args: argparse.Namespace,
+    root: Path,
+    info,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Any]:
+    """The train/val/test datasets, their transforms normalising with ``mean``/``std`` (the
+    model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
         "image_size": args.load_size, "progress": info.is_main and args.progress,
@@ -201,8 +225,8 @@ def build_datasets(args: argparse.Namespace, root: Path, info) -> dict[str, Any]
     if args.dataset == "isic2018":
         load["split_file"] = Path(args.out) / "split.json"
         load["split_mismatch"] = "error" if args.resume else "replace"
-    train_tf = attnmel_train_transform(args.image_size)
-    eval_tf = attnmel_eval_transform(args.image_size)
+    train_tf = attnmel_train_transform(args.image_size, mean=mean, std=std)
+    eval_tf = attnmel_eval_transform(args.image_size, mean=mean, std=std)
     out = {}
     for name, split in zip(("train", "val", "test"), splits, strict=True):
         out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
@@ -234,7 +258,7 @@ def metric_fn_for(dataset: Any, multiclass: bool):
     def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         if multiclass:
             return report.flatten_metrics(multiclass_metrics(targets, probs, names))
-        m = binary_metrics(targets, probs[:, 1])
+        m = report.flatten_metrics(binary_metrics(targets, probs[:, 1]))
         return {**m, "mean_auc": m["auc"]}
 
     return metric_fn
@@ -277,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"--dataset {args.dataset} needs --data-root (the synthetic default is ISIC 2017)"
         )
-    cli.resolve_profile(args, PAPER, QUICK, use_quick=args.quick or synthetic)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    cli.resolve_profile(args, paper, quick, use_quick=args.quick or synthetic)
     cli.check_common_args(args)
     cli.check_numbers(
         args,
@@ -299,10 +324,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info.barrier()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    splits = build_datasets(args, root, info)
-    train, val, test = splits["train"], splits["val"], splits["test"]
     multiclass = args.dataset == "isic2018"
-    num_classes = len(train.class_names)
+    num_classes = NUM_CLASSES[args.dataset]
+    torch.manual_seed(args.seed)
+    with cli.reading_weights(args.weights):
+        args.backbone, arch_line = cli.resolve_architecture(args.backbone, args.weights)
+        net = build_model(args, num_classes)
+    mean, std = cli.input_normalization(net)
+    if info.is_main:
+        logging.info("%s; input %s (its pretrained_cfg)", arch_line,
+                     cli.describe_normalization(mean, std))  # fmt: skip
+    if net.load_report is not None and info.is_main:
+        logging.info("backbone weights %s: %s", args.weights, net.load_report)
+    splits = build_datasets(args, root, info, mean, std)
+    train, val, test = splits["train"], splits["val"], splits["test"]
     sampler = OversamplingSampler(
         train.labels, repeats={mel_index: args.oversample}, seed=args.seed
     )
@@ -312,31 +347,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
-    torch.manual_seed(args.seed)
-    with cli.reading_weights(args.weights):
-        net = build_model(args, num_classes)
-    if net.load_report is not None and info.is_main:
-        logging.info("backbone weights %s: %s", args.weights, net.load_report)
     if args.roi == "lesion" and len(net.gates) != len(args.lambdas):
         raise ValueError(
             f"--lambdas needs one weight per gate ({len(net.gates)}), got {args.lambdas}"
         )
     model = WithAttention(net)
-    focal = ab.FocalLoss(gamma=args.focal_gamma)
+    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
+        optimizer, scheduler = recipes.build_timm_training(net, args, len(train_loader))
+        cls_loss, cls_name = recipes.timm_loss(args.smoothing), "ce"
+    else:  # the paper's: SGD (Nesterov), lr / 10 every --lr-step epochs, focal loss
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
+            weight_decay=args.weight_decay,
+        )  # fmt: skip
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+        cls_loss, cls_name = ab.FocalLoss(gamma=args.focal_gamma), "focal"
     dice = ab.DiceAttentionRegularizer(weights=args.lambdas) if args.roi == "lesion" else None
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
-        weight_decay=args.weight_decay,
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
 
     def loss_fn(batch: dict, output: tuple[Tensor, list[Tensor]], _model: nn.Module):
         logits, maps = output
-        loss = focal(logits.float(), batch["label"])
+        loss = cls_loss(logits.float(), batch["label"])
         if dice is None:
             return loss
         reg = dice([m.float() for m in maps], batch["mask"], valid=batch["has_mask"])
-        return loss + reg, {"focal": loss.detach(), "dice": reg.detach()}
+        return loss + reg, {cls_name: loss.detach(), "dice": reg.detach()}
 
     run_config = cli.run_settings(args)
     trainer = Trainer(
@@ -344,11 +378,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
         patience=args.patience, run_config=run_config, dist_info=info, progress=args.progress,
+        ema_decay=args.ema_decay or None,
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     if info.is_main:
         cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size)  # fmt: skip
+                        world_size=info.world_size,
+                        input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.backbone} ({args.head}, roi {args.roi}) on {args.dataset}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
@@ -356,12 +394,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
+    ci = {"bootstrap": args.bootstrap, "seed": args.ci_seed}
     if multiclass:
-        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names)
+        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names, **ci)
         scores, columns = preds.probs, list(train.csv_columns)
     else:
-        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1])}
+        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1], **ci)}
         metrics["mean_auc"] = metrics[task]["auc"]
+        if args.bootstrap:
+            metrics["mean_auc_ci"] = metrics[task]["auc_ci"]
+            metrics["auc_ci_method"] = ci_method(args.bootstrap, args.ci_seed)
         scores, columns = preds.probs[:, 1:], [train.csv_columns[0]]
     if info.is_main:
         if net.gates:
@@ -386,15 +428,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     for k, m in enumerate(maps)}  # fmt: skip
             if has.any():  # the shared ISIC 2017 test set comes without masks
                 over["lesion mask"] = masks.float()
-            images = viz.denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+            images = viz.denormalize(x, mean, std)
             viz.save_overlays(images, over, plots / "attention.png", ids)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         if multiclass:
             print(report.format_multiclass_table(metrics, title))
         else:
-            m = metrics[task]
-            print(f"{title}\n{task}: AUC {m['auc']:.4f}  AP {m['ap']:.4f}  ACC {m['accuracy']:.4f}  "
-                  f"SEN {m['sensitivity']:.4f}  SPE {m['specificity']:.4f}")  # fmt: skip
+            print(report.format_table(metrics, [task], title))
         for split, j in metrics.get("attention_jaccard", {}).items():
             if j:
                 gates = ", ".join(f"{k} {v:.3f}" for k, v in j.items() if k != "images")

@@ -45,15 +45,18 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnblocks as ab
-from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
+from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights, recipes
 from examples.isic.checkpointing import config_differences, read_checkpoint
 from examples.isic.cli import (
     add_common_args,
     check_common_args,
     check_numbers,
     default_out_dir,
+    describe_normalization,
+    input_normalization,
     prepare_out_dir,
     reading_weights,
+    resolve_architecture,
     resolve_profile,
     run_cli,
     run_settings,
@@ -72,7 +75,8 @@ from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
 
 CLASSES = ISIC2018Dataset.class_names
-PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3}
+PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3,
+         "weight_decay": 1e-4}  # fmt: skip
 QUICK = {"epochs": 2, "stage1_epochs": 1, "batch_size": 16, "image_size": 64, "lr": 1e-3}
 SAMPLERS = {"uniform": 0.0, "sqrt": 0.5, "balanced": 1.0}  # class weight power
 STAGE2_KEYS = {"no_care", "tau", "mix", "outer", "boxes", "box_margin", "stage1_from", "clip_boxes"}
@@ -100,7 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--clip-boxes", action="store_true", help="clip boxes outside the image")
     g.add_argument("--no-care", action="store_true", help="baseline: CE in both stages")
     g.add_argument("--sampler", choices=list(SAMPLERS), default="uniform")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW: 1e-4 (default), 0.05 (timm recipe)"
+    )
     g.add_argument("--select", choices=["best", "last"], default="best",
                    help="test the best stage-2 checkpoint (val balanced accuracy) or the last")  # fmt: skip
     g.add_argument("--stage1-from", type=Path, default=None,
@@ -111,9 +117,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--synthetic-n", type=int, default=400, help="synthetic images (no data root)")
     g.add_argument("--train-limit", type=int, default=None,
                    help="train on a random subset of N training images (val/test stay whole)")  # fmt: skip
+    recipes.add_recipe_args(p)
     args = p.parse_args(argv)
     use_quick = args.quick or args.data_root is None
-    resolve_profile(args, PAPER, QUICK, use_quick)
+    paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
+    if args.recipe == "timm":  # CARE keeps its two stages (10 + 10 epochs)
+        paper["epochs"] = PAPER["epochs"]
+    resolve_profile(args, paper, quick, use_quick)
     if args.quick and args.arch == "efficientnet_lite0" and "--arch" not in (argv or sys.argv):
         args.arch = "resnet10t"
     return args
@@ -133,21 +143,29 @@ def input_size(image_size: int) -> tuple[int, int]:
     return image_size, round(image_size * 4 / 3)
 
 
-def train_transform(size: tuple[int, int]) -> v2.Compose:
+def train_transform(
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(1.1, 1.6), antialias=True),
         v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(20),
         v2.ColorJitter(0.1, 0.1, 0.1),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])  # fmt: skip
 
 
-def eval_transform(size: tuple[int, int]) -> v2.Compose:
+def eval_transform(
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
     return v2.Compose([
         v2.Resize(size, antialias=True),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])  # fmt: skip
 
 
@@ -283,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         non_negative=("box_margin", "weight_decay", "mix"),
         fraction=("val_fraction", "test_fraction"),
     )
+    if args.stage1_from is not None and args.recipe == "timm":
+        raise ValueError(
+            "--stage1-from needs --recipe paper: the timm recipe's cosine schedule and EMA span "
+            "both stages, so a stage-1 state of another run does not fit"
+        )
     if args.mix > 1:
         raise ValueError(f"--mix must lie in [0, 1], got {args.mix}")
     if args.stage1_epochs > args.epochs or args.stage1_epochs < 0:
@@ -303,11 +326,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"CARE needs at least 2 training images (BatchNorm), the train split has "
             f"{len(sets['train'])}; raise --train-limit or lower --val-fraction/--test-fraction"
         )
-    with reading_weights(None if args.weights in ("none", "timm") else args.weights):
+    local = None if args.weights in ("none", "timm") else args.weights
+    with reading_weights(local):
+        args.arch, arch_line = resolve_architecture(args.arch, local, "--arch")
         model = build_model(args)
+    mean, std = input_normalization(model)
+    size = input_size(args.image_size)
+    for split, data in sets.items():  # normalise as the weights' pretrained_cfg says
+        data.transform = (train_transform if split == "train" else eval_transform)(size, mean, std)
+    if dist.is_main:
+        print(f"{arch_line}; input {describe_normalization(mean, std)} (its pretrained_cfg)")
     layer = target_layer(model, args.target_layer)
-    care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
-                   outer=args.outer, clip_boxes=args.clip_boxes, enabled=False)  # fmt: skip
 
     weights = class_balanced_weights(sets["train"].base.labels, SAMPLERS[args.sampler])
     sampler = WeightedSampler(weights, seed=args.seed) if args.sampler != "uniform" else None
@@ -325,6 +354,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=drop_last, **loader_kw
     )
     eval_loader = {s: shard_loader(sets[s], dist, **loader_kw) for s in ("val", "test")}
+    scheduler, criterion = None, None
+    if args.recipe == "timm":  # AdamW from timm, per-step cosine with warm-up, EMA, smoothed CE
+        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
+        criterion = recipes.timm_loss(args.smoothing)
+    else:  # AdamW at a constant lr, cross-entropy
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, weight_decay=args.weight_decay
+        )
+    care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
+                   outer=args.outer, clip_boxes=args.clip_boxes, enabled=False,
+                   criterion=criterion)  # fmt: skip
 
     def forward(m: nn.Module, batch: dict) -> Any:
         if m.training and torch.is_grad_enabled():
@@ -358,19 +398,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     run_config = run_settings(args)
     trainer = Trainer(
-        model, loss_fn, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay),
-        out, device, metric_fn=metric_fn, monitor="select", forward=forward, amp=args.amp,
+        model, loss_fn, optimizer, out, device, scheduler=scheduler, metric_fn=metric_fn,
+        monitor="select", forward=forward, amp=args.amp, ema_decay=args.ema_decay or None,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed, run_config=run_config,
         dist_info=dist, progress=args.progress,
         epoch_log=lambda m: {"stage": care_stage(), "care_enabled": float(care.enabled)},
     )  # fmt: skip
+    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
+        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     resume = args.resume
     if args.stage1_from is not None and not args.resume:
         seed_stage2_from(args, out, run_config)
         resume = True
     if dist.is_main:
         save_config(out, args, target_layer=layer, rare_class_indices=rare,
-                    data={s: d.base.summary() for s, d in sets.items()})  # fmt: skip
+                    data={s: d.base.summary() for s, d in sets.items()},
+                    input_normalization={"mean": mean, "std": std})  # fmt: skip
     last = out / "checkpoints" / "last.pt"
     set_epoch(read_checkpoint(last, "--resume")["epoch"] + 1 if resume else 0)
     history = trainer.fit(
@@ -381,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
     preds = trainer.predict(eval_loader["test"], desc="test")
     used_care = not args.no_care and args.epochs > args.stage1_epochs
-    metrics = multiclass_metrics(preds.targets, preds.probs, CLASSES)
+    metrics = multiclass_metrics(
+        preds.targets, preds.probs, CLASSES, bootstrap=args.bootstrap, seed=args.ci_seed
+    )
     metrics |= {
         "epoch": chosen,
         "care": used_care,
@@ -395,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if history:
             plot_curves(history, out / "plots" / "curves.png")
         save_rare_overlays(
-            trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png"
-        )
+            trainer.module, layer, sets["test"], rare, device, out / "plots" / "attention_rare.png",
+            mean=mean, std=std,
+        )  # fmt: skip
         title = f"ISIC 2018 test ({'CARE' if used_care else 'no CARE'}, epoch {chosen})"
         print(format_multiclass_table(metrics, title))
         print("confusion matrix (rows = truth):", *metrics["confusion_matrix"], sep="\n  ")
@@ -438,7 +484,9 @@ def rare_attention(
 
 
 def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],
-                       device: torch.device, path: Path, per_class: int = 3) -> None:  # fmt: skip
+                       device: torch.device, path: Path, per_class: int = 3,
+                       mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> None:  # fmt: skip
     """Grad-CAM of the true class over rare-class test images, with the lesion box drawn."""
     picks = [i for c in rare for i in np.flatnonzero(data.base.labels == c)[:per_class]]
     if not picks:
@@ -462,7 +510,7 @@ def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list
         f"{it['id']} {CLASSES[int(t)]} p={float(probs[k, t]):.2f}"
         for k, (it, t) in enumerate(zip(items, targets, strict=True))
     ]
-    save_overlays(denormalize(images, IMAGENET_MEAN, IMAGENET_STD),
+    save_overlays(denormalize(images, mean, std),
                   {"Grad-CAM": cam.detach().cpu(), "box": edge.cpu()}, path, titles)  # fmt: skip
 
 

@@ -77,6 +77,28 @@ def assert_task_metrics_agree(
         accuracy = np.mean((scores[:, k] > 0.5) == (truth[:, k] == 1))
         assert saved[task]["accuracy"] == pytest.approx(accuracy, abs=1e-6), task
     assert saved["mean_auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
+    from examples.isic.metrics import isic2017_metrics
+
+    # the bootstrap intervals and the sensitivities at fixed specificities, recomputed
+    resamples, seed = bootstrap_settings(saved)
+    ref = isic2017_metrics(truth, scores, tasks=columns, bootstrap=resamples, seed=seed)
+    for task in columns:
+        lo, hi = saved[task]["auc_ci"]
+        assert lo - 1e-9 <= saved[task]["auc"] <= hi + 1e-9, task
+        assert saved[task]["auc_ci"] == pytest.approx(ref[task]["auc_ci"], abs=1e-9), task
+        sas = saved[task]["sensitivity_at_specificity"]
+        assert set(sas) == {"0.80", "0.90", "0.95"}
+        assert sas == pytest.approx(ref[task]["sensitivity_at_specificity"], abs=1e-9), task
+    assert saved["mean_auc_ci"] == pytest.approx(ref["mean_auc_ci"], abs=1e-9)
+
+
+def bootstrap_settings(saved: dict) -> tuple[int, int]:
+    """Resamples and seed of the intervals of a ``metrics.json`` (its ``auc_ci_method``)."""
+    import re
+
+    found = re.search(r"(\d+) resamples, seed (\d+)", saved["auc_ci_method"])
+    assert found, saved["auc_ci_method"]
+    return int(found[1]), int(found[2])
 
 
 def assert_multiclass_metrics_agree(
@@ -109,3 +131,17 @@ def assert_multiclass_metrics_agree(
             expected_auc, abs=1e-6, nan_ok=True
         ), name
     assert saved["mean_auc"] == pytest.approx(np.mean(list(aucs.values())), abs=1e-6)
+    from examples.isic.metrics import multiclass_metrics
+
+    # the bootstrap intervals and the sensitivities at fixed specificities, recomputed
+    resamples, seed = bootstrap_settings(saved)
+    ref = multiclass_metrics(labels, scores, columns, bootstrap=resamples, seed=seed)
+    for name in columns:
+        got, want = saved["per_class"][name], ref["per_class"][name]
+        assert got["auc_ci"] == pytest.approx(want["auc_ci"], abs=1e-9, nan_ok=True), name
+        if name in aucs:
+            assert got["auc_ci"][0] - 1e-9 <= got["auc"] <= got["auc_ci"][1] + 1e-9, name
+        assert got["sensitivity_at_specificity"] == pytest.approx(
+            want["sensitivity_at_specificity"], abs=1e-9, nan_ok=True
+        ), name
+    assert saved["mean_auc_ci"] == pytest.approx(ref["mean_auc_ci"], abs=1e-9)

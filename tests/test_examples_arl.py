@@ -59,17 +59,26 @@ def test_outputs_and_metrics_agree_with_predictions(tiny_root: Path, tiny_run) -
     assert float(log[0]["alpha/layer1.0"]) != pytest.approx(1e-3, abs=0)  # alphas are trained
     # metrics.json is what the official truth and our predictions.csv give
     saved = json.loads((out / "metrics.json").read_text())
-    assert set(saved) == {"melanoma", "seborrheic_keratosis", "mean_auc"}
+    assert set(saved) == {"melanoma", "seborrheic_keratosis", "mean_auc", "mean_auc_ci",
+                          "auc_ci_method"}  # fmt: skip
     assert saved["mean_auc"] == pytest.approx(metrics["mean_auc"])
     preds = _read_csv(out / "predictions.csv")
     truth = ISIC2017Dataset(tiny_root, "test", task="both")
     assert [p["image_id"] for p in preds] == truth.ids
     scores = np.array([[float(p["melanoma"]), float(p["seborrheic_keratosis"])] for p in preds])
     assert ((scores >= 0) & (scores <= 1)).all() and (scores.sum(1) <= 1 + 1e-9).all()
-    ref = isic2017_metrics(truth.labels, scores)
+    ref = isic2017_metrics(truth.labels, scores, bootstrap=2000, seed=0)
     for task in ("melanoma", "seborrheic_keratosis"):
         for key in ("auc", "ap", "accuracy", "sensitivity", "specificity"):
             assert saved[task][key] == pytest.approx(ref[task][key], abs=1e-9), (task, key)
+        # the default --bootstrap 2000 --ci-seed 0 interval, and sensitivity at specificities
+        assert saved[task]["auc_ci"] == pytest.approx(ref[task]["auc_ci"], abs=1e-9)
+        lo, hi = saved[task]["auc_ci"]
+        assert lo - 1e-9 <= saved[task]["auc"] <= hi + 1e-9
+        sas = saved[task]["sensitivity_at_specificity"]
+        assert sas == pytest.approx(ref[task]["sensitivity_at_specificity"], abs=1e-9)
+    assert saved["mean_auc_ci"] == pytest.approx(ref["mean_auc_ci"], abs=1e-9)
+    assert saved["auc_ci_method"].startswith("stratified percentile bootstrap, 2000 resamples")
 
 
 def test_prediction_csv_accepted_by_official_scorer(
@@ -152,7 +161,8 @@ def test_plain_baseline_starts_from_the_same_weights() -> None:
 def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     metrics = arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "m"), "--epochs", "1",
                         "--task", "melanoma", "--amp", "bf16", "--normalization", "sigmoid", *TINY])  # fmt: skip
-    assert set(metrics) == {"melanoma", "mean_auc"}
+    assert set(metrics) == {"melanoma", "mean_auc", "mean_auc_ci", "auc_ci_method"}
+    assert metrics["mean_auc_ci"] == metrics["melanoma"]["auc_ci"]
     header = (tmp_path / "m" / "predictions.csv").read_text().splitlines()[0]
     assert header == "image_id,melanoma"
 

@@ -50,6 +50,8 @@ def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
         float(row["train_focal"]) + float(row["train_dice"]), rel=1e-5
     )
     assert 0 < float(row["train_dice"]) <= 1e-3 + 1e-2
+    # validation metrics are flat numbers (sensitivity at each specificity its own column)
+    assert 0 <= float(row["val_sensitivity_at_specificity_0.90"]) <= 1
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mean_auc"] == saved["melanoma"]["auc"] == pytest.approx(metrics["mean_auc"])
     jac = saved["attention_jaccard"]
@@ -61,9 +63,18 @@ def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
         "image_id",
         "melanoma",
     ]
-    ref = binary_metrics(truth.labels, np.array([float(p["melanoma"]) for p in preds]))
+    ref = binary_metrics(truth.labels, np.array([float(p["melanoma"]) for p in preds]),
+                         bootstrap=2000, seed=0)  # fmt: skip
     assert saved["melanoma"]["auc"] == pytest.approx(ref["auc"], abs=1e-9)
     assert saved["melanoma"]["ap"] == pytest.approx(ref["ap"], abs=1e-9)
+    # the default --bootstrap 2000 --ci-seed 0 interval, and sensitivity at specificities
+    assert saved["melanoma"]["auc_ci"] == pytest.approx(ref["auc_ci"], abs=1e-9)
+    assert saved["mean_auc_ci"] == saved["melanoma"]["auc_ci"]
+    lo, hi = saved["mean_auc_ci"]
+    assert lo - 1e-9 <= saved["melanoma"]["auc"] <= hi + 1e-9
+    sas = saved["melanoma"]["sensitivity_at_specificity"]
+    assert set(sas) == {"0.80", "0.90", "0.95"}
+    assert sas == pytest.approx(ref["sensitivity_at_specificity"], abs=1e-9)
 
 
 def test_model_and_loss_pieces() -> None:

@@ -207,7 +207,8 @@ def test_efficientnet_pytorch_layout_is_converted(tmp_path):
         and "_blocks.0._expand_conv.weight" not in theirs
     )
     torch.save(theirs, tmp_path / "lite0.pth")
-    net = ab.AttentionGatedNet("efficientnet_lite0", (2, 3), 2, weights=tmp_path / "lite0.pth")
+    with pytest.warns(UserWarning, match="TensorFlow 'same' padding"):  # use tf_efficientnet_lite0
+        net = ab.AttentionGatedNet("efficientnet_lite0", (2, 3), 2, weights=tmp_path / "lite0.pth")
     assert net.load_report.missing == []
     assert "efficientnet_pytorch layout" in net.load_report.path
     src = source.state_dict()

@@ -9,7 +9,9 @@ data and metrics (importable from the repository root: ``from examples.isic impo
   pieces -- central patches, 9 test views, AttnMel crops, rot90).
 - ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
 - ``synthetic``: :func:`make_synthetic_isic2017`, :func:`default_synthetic_root`.
-- ``metrics``: binary / ISIC 2017 / multi-class metrics, attention Jaccard, prediction CSVs.
+- ``metrics``: binary / ISIC 2017 / multi-class metrics, bootstrap AUC intervals, sensitivity at
+  fixed specificities, attention Jaccard, prediction CSVs.
+- ``recipes``: ``--recipe paper|timm``, the papers' protocols or timm's fine-tuning utilities.
 """
 
 from .cache import ImageReadError, ResizedImageCache, load_image, load_mask

@@ -2,7 +2,7 @@
 
 A checkpoint (``last.pt`` every epoch, ``best.pt`` on improvement, both written with
 :func:`~examples.isic.runtime.atomic_save`) holds the model, optimizer, scheduler and GradScaler
-states, the epoch, the early-stopping state, the history, the run's settings and the python, numpy,
+states, the optimizer step count and the EMA weights (when the run keeps an EMA), the epoch, the early-stopping state, the history, the run's settings and the python, numpy,
 torch and CUDA RNG states, so that a resumed run replays exactly what an uninterrupted one would.
 
 :class:`CheckpointMixin` gives :class:`~examples.isic.engine.Trainer` its ``state_dict``,
@@ -22,6 +22,9 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointMixin", "config_differences", "read_checkpoint", "unwrap_model"]
+
+# flags added after checkpoints were first written, with the value that reproduces older runs
+ADDED_DEFAULTS: dict[str, Any] = {"recipe": "paper"}
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_metric",
                    "best_epoch", "bad_epochs", "history", "rng")  # fmt: skip
@@ -67,7 +70,9 @@ def config_differences(
     """
     keys = (set(saved) | set(current)) - set(ignore)
     new_defaults = {
-        k for k in set(current) - set(saved) if current[k] is None or current[k] is False
+        k
+        for k in set(current) - set(saved)
+        if current[k] is None or current[k] is False or ADDED_DEFAULTS.get(k, ...) == current[k]
     }
     return sorted(k for k in keys - new_defaults if saved.get(k) != current.get(k))
 
@@ -85,7 +90,18 @@ class CheckpointMixin:
     """
 
     resume_ignore: frozenset[str] = frozenset(
-        {"epochs", "resume", "out", "workers", "device", "progress", "data_root", "patience"}
+        {
+            "epochs",
+            "resume",
+            "out",
+            "workers",
+            "device",
+            "progress",
+            "data_root",
+            "patience",
+            "bootstrap",
+            "ci_seed",
+        }
     )
 
     module: nn.Module
@@ -113,6 +129,10 @@ class CheckpointMixin:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "run_config": self.run_config,
+            "global_step": getattr(self, "global_step", 0),
+            "ema": ema.module.state_dict()
+            if (ema := getattr(self, "ema", None)) is not None
+            else None,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -140,6 +160,12 @@ class CheckpointMixin:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.global_step = int(state.get("global_step", 0))
+        ema = getattr(self, "ema", None)
+        if ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"--resume: {path} holds no EMA weights to continue")
+            ema.module.load_state_dict(state["ema"])
         self.start_epoch = state["epoch"] + 1
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
@@ -151,10 +177,20 @@ class CheckpointMixin:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     def load_best(self) -> int:
-        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch."""
+        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch.
+
+        With an EMA, the model takes the EMA weights (those validated): the test set, figures and
+        predictions then use them. Without ``best.pt`` the current EMA weights are taken.
+        """
         path = self.ckpt_dir / "best.pt"
+        ema = getattr(self, "ema", None)
         if path.is_file():
             state = read_checkpoint(path, "the best checkpoint")
-            unwrap_model(self.module).load_state_dict(state["model"])
+            weights = state["ema"] if ema is not None and state.get("ema") else state["model"]
+            unwrap_model(self.module).load_state_dict(weights)
+            if ema is not None:
+                ema.module.load_state_dict(weights)
             return int(state["epoch"])
+        if ema is not None:
+            unwrap_model(self.module).load_state_dict(ema.module.state_dict())
         return self.start_epoch - 1

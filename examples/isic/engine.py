@@ -88,7 +88,9 @@ class Trainer(CheckpointMixin):
         optimizer: built on ``model``'s parameters.
         out_dir: run folder; writes ``log.csv``, ``tb/`` and ``checkpoints/{last,best}.pt``.
         device: where to train.
-        scheduler: an epoch-level LR scheduler (``step()`` once per epoch), or None.
+        scheduler: an epoch-level LR scheduler (``step()`` once per epoch), or a timm scheduler
+            (``timm.scheduler``: ``step_update(num_updates)`` after every optimizer step and
+            ``step(epoch + 1)`` after every epoch), or None.
         metric_fn: ``metric_fn(probs, targets) -> {name: value}`` for the validation set.
         monitor: the key of ``metric_fn``'s output that selects ``best.pt`` (higher is better).
         forward: ``forward(model, batch) -> output`` (default ``model(batch["image"])``).
@@ -104,6 +106,10 @@ class Trainer(CheckpointMixin):
             values differ on any key not listed in ``resume_ignore``.
         dist_info: rank/world of this process (see :func:`~examples.isic.distributed.init_distributed`).
         progress: show tqdm bars (rank 0 only).
+        ema_decay: keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``
+            with its warm-up, decay capped at this value), updated after every optimizer step.
+            The EMA weights are validated, saved (``ema`` in the checkpoints, so a resumed run
+            continues it exactly) and loaded by :meth:`load_best` for testing. None: no EMA.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class Trainer(CheckpointMixin):
         run_config: Mapping[str, Any] | None = None,
         dist_info: DistInfo | None = None,
         progress: bool = True,
+        ema_decay: float | None = None,
     ) -> None:
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
@@ -150,6 +157,12 @@ class Trainer(CheckpointMixin):
         if compile:
             train_model = torch.compile(train_model)
         self.model = train_model
+        self.ema = None
+        if ema_decay is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.module, decay=ema_decay, use_warmup=True)
+        self.global_step = 0  # optimizer steps so far (the timm scheduler's and EMA's clock)
         self.loss_fn, self.optimizer, self.scheduler = loss_fn, optimizer, scheduler
         self.metric_fn, self.monitor = metric_fn, monitor
         self.forward, self.to_probs = forward, to_probs
@@ -236,12 +249,19 @@ class Trainer(CheckpointMixin):
                 nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.global_step += 1
+            if hasattr(self.scheduler, "step_update"):  # a timm scheduler: per-step schedule
+                self.scheduler.step_update(num_updates=self.global_step)
+            if self.ema is not None:
+                self.ema.update(self.module, step=self.global_step)
             seen += n
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v * n
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
         broadcast_buffers(self.module, self.dist)  # validate and save one model on every rank
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module, self.dist)
         keys = sorted(totals)
         summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist)
         if summed[-1] == 0:
@@ -281,9 +301,14 @@ class Trainer(CheckpointMixin):
                 f"training diverged{at}: {err}; {self._divergence_help()}"
             ) from None
 
+    @property
+    def eval_module(self) -> nn.Module:
+        """The weights that are validated and tested: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.module
+
     def _predict(self, loader: Iterable[dict], desc: str) -> Predictions:
         return predict(
-            self.module,
+            self.eval_module,
             loader,
             self.device,
             forward=self.forward,
@@ -332,7 +357,9 @@ class Trainer(CheckpointMixin):
                 row.update({f"val_{k}": v for k, v in metrics.items()})
             if self.epoch_log is not None:
                 row.update(self.epoch_log(unwrap_model(self.module)))
-            if self.scheduler is not None:
+            if hasattr(self.scheduler, "step_update"):
+                self.scheduler.step(epoch + 1)
+            elif self.scheduler is not None:
                 self.scheduler.step()
             row["epoch_s"] = time.perf_counter() - t0
             score = row.get(f"val_{self.monitor}", -math.inf if val_loader is not None else epoch)
