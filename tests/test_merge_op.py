@@ -120,7 +120,9 @@ def test_compile_fullgraph_arl_resnet_has_no_graph_break(train, backend):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     grads = {k: p.grad for k, p in ref.named_parameters()}
     for k, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-5, msg=k)
+        scale = grads[k].abs().max().item()
+        err = (p.grad - grads[k]).abs().max().item()
+        assert err <= 1e-5 * (1 + scale), f"{k}: {err:.3g} (scale {scale:.3g})"
     for (k, b), b_ref in zip(model.named_buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(b, b_ref, msg=k)  # running statistics updated under compile
 
