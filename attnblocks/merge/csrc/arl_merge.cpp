@@ -9,8 +9,8 @@
 // is read more than once. Backward recomputes F, s and N(F) from t and u (nothing else is saved),
 // and folds in the BatchNorm backward of both norms.
 //
-// Channels_last tensors are processed in blocks of CB channels: the inner loops run over the
-// contiguous channels, and the per-plane reductions are kept per channel of the block.
+// Channels_last tensors are walked row by row (one position, all channels): the inner loops run over
+// the contiguous channels, and the per-plane reductions are kept per channel.
 //
 // Plain C ABI (loaded with ctypes), no PyTorch headers; the loops vectorise with -O3 and OpenMP simd.
 
@@ -18,6 +18,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef int64_t i64;
 
@@ -268,131 +272,168 @@ void merge_bwd_nchw(const float* dy, const float* y, const float* t, const float
 }
 
 
-constexpr i64 CB = 16;  // channels per block in channels_last kernels (one AVX-512 vector)
+// Channels_last kernels walk each sample's (H*W, C) matrix row by row, so that every pass streams
+// through memory; the per-channel reductions are kept in arrays of C values. Work is split by sample
+// (forward) or by sample with per-thread partial sums added in thread order (backward, statistics),
+// so that a given thread count always gives the same result.
 
-// Channels_last batch statistics: the same sums as channel_stats_nchw, per block of channels.
+// Per-channel affine maps as arrays (identity where the pointers are null).
+void affine_arrays(const float* k, const float* b, i64 C, std::vector<float>& ko,
+                   std::vector<float>& bo) {
+    ko.resize(C);
+    bo.resize(C);
+    for (i64 c = 0; c < C; ++c) {
+        ko[c] = at(k, c, 1.0f);
+        bo[c] = at(b, c, 0.0f);
+    }
+}
+
+int thread_count(int nt, i64 work) { return static_cast<int>(std::max<i64>(1, std::min<i64>(nt, work))); }
+
+// Channels_last batch statistics: the same sums as channel_stats_nchw, row by row over (N*H*W, C).
 void channel_stats_nhwc(const float* x, i64 N, i64 C, i64 HW, double eps, float* mean,
                         float* var_sum, float* invstd, int nt) {
-    const i64 nb = (C + CB - 1) / CB;
-    const double count = static_cast<double>(N) * static_cast<double>(HW);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i64 blk = 0; blk < nb; ++blk) {
-        const i64 c0 = blk * CB, cn = std::min(CB, C - c0);
-        double s[CB] = {0}, q[CB] = {0};
-        float mu[CB];
-        for (i64 p = 0; p < N * HW; ++p) {
-            const float* xp = x + p * C + c0;
-            for (i64 j = 0; j < cn; ++j) s[j] += xp[j];
-        }
-        for (i64 j = 0; j < cn; ++j) mu[j] = static_cast<float>(s[j] / count);
-        for (i64 p = 0; p < N * HW; ++p) {
-            const float* xp = x + p * C + c0;
-            for (i64 j = 0; j < cn; ++j) {
-                const float dv = xp[j] - mu[j];
-                q[j] += static_cast<double>(dv * dv);
+    const i64 rows = N * HW;
+    const double count = static_cast<double>(rows);
+    const int T = thread_count(nt, rows);
+    std::vector<double> part(static_cast<size_t>(T) * C);
+    std::vector<float> mu(C);
+    for (int pass = 0; pass < 2; ++pass) {
+        std::fill(part.begin(), part.end(), 0.0);
+#pragma omp parallel num_threads(T) if (T > 1)
+        {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            double* acc = part.data() + static_cast<size_t>(tid) * C;
+            const i64 lo = rows * tid / T, hi = rows * (tid + 1) / T;
+            for (i64 p = lo; p < hi; ++p) {
+                const float* xp = x + p * C;
+                if (pass == 0) {
+#pragma omp simd
+                    for (i64 c = 0; c < C; ++c) acc[c] += xp[c];
+                } else {
+#pragma omp simd
+                    for (i64 c = 0; c < C; ++c) {
+                        const float dv = xp[c] - mu[c];
+                        acc[c] += static_cast<double>(dv * dv);
+                    }
+                }
             }
         }
-        for (i64 j = 0; j < cn; ++j) {
-            const float v = static_cast<float>(q[j]) / static_cast<float>(count);
-            mean[c0 + j] = mu[j];
-            var_sum[c0 + j] = static_cast<float>(q[j]);
-            invstd[c0 + j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(v) + eps));
+        for (i64 c = 0; c < C; ++c) {
+            double total = 0.0;
+            for (int t = 0; t < T; ++t) total += part[static_cast<size_t>(t) * C + c];
+            if (pass == 0) {
+                mu[c] = static_cast<float>(total / count);
+            } else {
+                const float v = static_cast<float>(total) / static_cast<float>(count);
+                mean[c] = mu[c];
+                var_sum[c] = static_cast<float>(total);
+                invstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(v) + eps));
+            }
         }
     }
 }
 
-// Spatial softmax of one sample's block of channels (channels_last): e[p, j] = exp(F - m_j),
-// inv[j] = 1 / sum_p e[p, j]; m_j = 0 unless some exp saturates or all underflow (as softmax_exp).
-inline void softmax_exp_nhwc(const float* t, const float* k, const float* b, float* e, i64 HW,
-                             i64 C, i64 cn, float* inv) {
-    float sum[CB] = {0};
+// Spatial softmax of one sample (channels_last): e[p, c] = exp(F - m_c), inv[c] = 1 / sum_p e[p, c];
+// m_c = 0 unless some exp saturates or all underflow in channel c (as softmax_exp).
+void softmax_exp_nhwc(const float* t, const float* k, const float* b, float* e, i64 HW, i64 C,
+                      float* inv, float* m) {
+    std::fill(inv, inv + C, 0.0f);
     for (i64 p = 0; p < HW; ++p) {
         const float* tp = t + p * C;
         float* ep = e + p * C;
 #pragma omp simd
-        for (i64 j = 0; j < cn; ++j) {
-            const float v = exp_f32(std::fma(tp[j], k[j], b[j]));
-            ep[j] = v;
-            sum[j] += v;
+        for (i64 c = 0; c < C; ++c) {
+            const float v = exp_f32(std::fma(tp[c], k[c], b[c]));
+            ep[c] = v;
+            inv[c] += v;
         }
     }
     bool redo = false;
-    for (i64 j = 0; j < cn; ++j) redo |= !(sum[j] >= 1e-30f && sum[j] <= 1e30f);
-    if (redo) {
-        float m[CB];
-        for (i64 j = 0; j < cn; ++j) m[j] = -INFINITY, sum[j] = 0.0f;
+    for (i64 c = 0; c < C; ++c) redo |= !(inv[c] >= 1e-30f && inv[c] <= 1e30f);
+    if (redo) {  // all channels again, shifted by their maxima
+        std::fill(m, m + C, -INFINITY);
         for (i64 p = 0; p < HW; ++p)
-            for (i64 j = 0; j < cn; ++j) m[j] = std::max(m[j], std::fma(t[p * C + j], k[j], b[j]));
+            for (i64 c = 0; c < C; ++c) m[c] = std::max(m[c], std::fma(t[p * C + c], k[c], b[c]));
+        std::fill(inv, inv + C, 0.0f);
         for (i64 p = 0; p < HW; ++p) {
             const float* tp = t + p * C;
             float* ep = e + p * C;
-            for (i64 j = 0; j < cn; ++j) {
-                const float v = exp_f32(std::fma(tp[j], k[j], b[j]) - m[j]);
-                ep[j] = v;
-                sum[j] += v;
+#pragma omp simd
+            for (i64 c = 0; c < C; ++c) {
+                const float v = exp_f32(std::fma(tp[c], k[c], b[c]) - m[c]);
+                ep[c] = v;
+                inv[c] += v;
             }
         }
     }
-    for (i64 j = 0; j < cn; ++j) inv[j] = 1.0f / sum[j];
-}
-
-void load_affine(const float* k, const float* b, i64 c0, i64 cn, float* ko, float* bo) {
-    for (i64 j = 0; j < cn; ++j) {
-        ko[j] = at(k, c0 + j, 1.0f);
-        bo[j] = at(b, c0 + j, 0.0f);
-    }
+    for (i64 c = 0; c < C; ++c) inv[c] = 1.0f / inv[c];
 }
 
 void merge_fwd_nhwc(const float* t, const float* u, float* y, i64 N, i64 C, i64 HW,
                     const float* fk, const float* fb, const float* sk, const float* sb, float alpha,
                     const float* dscale, int norm, int relu, int nt) {
-    const i64 nb = (C + CB - 1) / CB;
-#pragma omp parallel for collapse(2) num_threads(nt) if (nt > 1) schedule(static)
-    for (i64 n = 0; n < N; ++n)
-    for (i64 blk = 0; blk < nb; ++blk) {
-        const i64 c0 = blk * CB, cn = std::min(CB, C - c0);
-        float kf[CB], bf[CB], ks[CB], bs[CB], ai[CB];
-        load_affine(fk, fb, c0, cn, kf, bf);
-        load_affine(sk, sb, c0, cn, ks, bs);
-        const float d = at(dscale, n, 1.0f);
-        const i64 off = n * HW * C + c0;
-        if (norm == 0) {
-            softmax_exp_nhwc(t + off, kf, bf, y + off, HW, C, cn, ai);
-            for (i64 j = 0; j < cn; ++j) ai[j] *= alpha;
-        }
-        for (i64 p = 0; p < HW; ++p) {
-            const float* tp = t + off + p * C;
-            const float* up = u + off + p * C;
-            float* yp = y + off + p * C;
+    std::vector<float> kf, bf, ks, bs;
+    affine_arrays(fk, fb, C, kf, bf);
+    affine_arrays(sk, sb, C, ks, bs);
+    const int T = thread_count(nt, N);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        std::vector<float> ai(C, 0.0f), m(C);
+#pragma omp for schedule(static)
+        for (i64 n = 0; n < N; ++n) {
+            const float d = at(dscale, n, 1.0f);
+            const i64 off = n * HW * C;
+            if (norm == 0) {
+                softmax_exp_nhwc(t + off, kf.data(), bf.data(), y + off, HW, C, ai.data(), m.data());
+                for (i64 c = 0; c < C; ++c) ai[c] *= alpha;
+            }
+            for (i64 p = 0; p < HW; ++p) {
+                const float* tp = t + off + p * C;
+                const float* up = u + off + p * C;
+                float* yp = y + off + p * C;
+                if (norm == 0) {  // one loop per normalization: no exp computed and thrown away
 #pragma omp simd
-            for (i64 j = 0; j < cn; ++j) {
-                const float f = std::fma(tp[j], kf[j], bf[j]);
-                const float s = std::fma(up[j], ks[j], bs[j]);
-                const float am = norm == 0 ? ai[j] * yp[j] : alpha * sigmoid_f32(f);
-                const float z = s + d * (f + am * s);
-                yp[j] = relu ? (z < 0.0f ? 0.0f : z) : z;
+                    for (i64 c = 0; c < C; ++c) {
+                        const float f = std::fma(tp[c], kf[c], bf[c]);
+                        const float s = std::fma(up[c], ks[c], bs[c]);
+                        const float z = s + d * (f + ai[c] * yp[c] * s);
+                        yp[c] = relu ? (z < 0.0f ? 0.0f : z) : z;
+                    }
+                } else {
+#pragma omp simd
+                    for (i64 c = 0; c < C; ++c) {
+                        const float f = std::fma(tp[c], kf[c], bf[c]);
+                        const float s = std::fma(up[c], ks[c], bs[c]);
+                        const float z = s + d * (f + alpha * sigmoid_f32(f) * s);
+                        yp[c] = relu ? (z < 0.0f ? 0.0f : z) : z;
+                    }
+                }
             }
         }
     }
 }
 
-// Train-mode BatchNorm backward of a block of channels (channels_last), in place over g.
-void bn_train_backward_nhwc(float* g, const float* x, i64 N, i64 C, i64 HW, i64 c0, i64 cn,
-                            const float* k, const float* mu, const float* invstd, const double* sum,
-                            const double* sumx) {
+// Train-mode BatchNorm backward (channels_last), in place over g, row by row.
+void bn_train_backward_nhwc(float* g, const float* x, i64 N, i64 C, i64 HW, const float* k,
+                            const float* mu, const float* invstd, const double* sum,
+                            const double* sumx, int nt) {
     const double count = static_cast<double>(N) * static_cast<double>(HW);
-    float m1[CB], m2[CB], kk[CB], mm[CB];
-    for (i64 j = 0; j < cn; ++j) {
-        m1[j] = static_cast<float>(sum[j] / count);
-        m2[j] = static_cast<float>(sumx[j] / count) * invstd[c0 + j] * invstd[c0 + j];
-        kk[j] = k[j];
-        mm[j] = mu[j];
+    std::vector<float> m1(C), m2(C);
+    for (i64 c = 0; c < C; ++c) {
+        m1[c] = static_cast<float>(sum[c] / count);
+        m2[c] = static_cast<float>(sumx[c] / count) * invstd[c] * invstd[c];
     }
-    for (i64 p = 0; p < N * HW; ++p) {
-        float* gp = g + p * C + c0;
-        const float* xp = x + p * C + c0;
+    const i64 rows = N * HW;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (i64 p = 0; p < rows; ++p) {
+        float* gp = g + p * C;
+        const float* xp = x + p * C;
 #pragma omp simd
-        for (i64 j = 0; j < cn; ++j) gp[j] = kk[j] * (gp[j] - m1[j] - (xp[j] - mm[j]) * m2[j]);
+        for (i64 c = 0; c < C; ++c) gp[c] = k[c] * (gp[c] - m1[c] - (xp[c] - mu[c]) * m2[c]);
     }
 }
 
@@ -403,79 +444,100 @@ void merge_bwd_nhwc(const float* dy, const float* y, const float* t, const float
                     const float* s_mean, const float* s_invstd, int s_need, double* f_sum,
                     double* f_sumx, double* s_sum, double* s_sumx, double* a_sum, int nt) {
     const bool relu = y != nullptr;
-    const i64 nb = (C + CB - 1) / CB;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i64 blk = 0; blk < nb; ++blk) {
-        const i64 c0 = blk * CB, cn = std::min(CB, C - c0);
-        float kf[CB], bf[CB], ks[CB], bs[CB], fmu[CB], smu[CB], fout[CB], sout[CB];
-        load_affine(fk, fb, c0, cn, kf, bf);
-        load_affine(sk, sb, c0, cn, ks, bs);
-        for (i64 j = 0; j < cn; ++j) {
-            fmu[j] = at(f_mean, c0 + j, 0.0f);
-            smu[j] = at(s_mean, c0 + j, 0.0f);
-            fout[j] = f_mode == 1 ? kf[j] : 1.0f;
-            sout[j] = s_mode == 1 ? ks[j] : 1.0f;
-        }
-        double fs[CB] = {0}, fsx[CB] = {0}, ss[CB] = {0}, ssx[CB] = {0}, as[CB] = {0};
-        for (i64 n = 0; n < N; ++n) {
-            const i64 off = n * HW * C + c0;
+    std::vector<float> kf, bf, ks, bs;
+    affine_arrays(fk, fb, C, kf, bf);
+    affine_arrays(sk, sb, C, ks, bs);
+    std::vector<float> fmu(C), smu(C), fout(C), sout(C);
+    for (i64 c = 0; c < C; ++c) {
+        fmu[c] = at(f_mean, c, 0.0f);
+        smu[c] = at(s_mean, c, 0.0f);
+        fout[c] = f_mode == 1 ? kf[c] : 1.0f;
+        sout[c] = s_mode == 1 ? ks[c] : 1.0f;
+    }
+    const int T = thread_count(nt, N);
+    std::vector<double> part(static_cast<size_t>(T) * 5 * C, 0.0);  // per thread: 5 sums of C
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        double* acc = part.data() + static_cast<size_t>(tid) * 5 * C;
+        std::vector<float> inv(C), m(C), r(C), pfs(C), pfsx(C), pss(C), pssx(C);
+        const i64 lo = N * tid / T, hi = N * (tid + 1) / T;
+        for (i64 n = lo; n < hi; ++n) {
+            const i64 off = n * HW * C;
             const float d = at(dscale, n, 1.0f);
-            float inv[CB], r[CB] = {0};
-            float pfs[CB] = {0}, pfsx[CB] = {0}, pss[CB] = {0}, pssx[CB] = {0};
-            if (norm == 0) softmax_exp_nhwc(t + off, kf, bf, gf + off, HW, C, cn, inv);
+            if (norm == 0) softmax_exp_nhwc(t + off, kf.data(), bf.data(), gf + off, HW, C, inv.data(), m.data());
+            std::fill(r.begin(), r.end(), 0.0f);
             // pass 1: the mask a (into gf), the gated gradient g (into gs), r = sum(d g s a)
             for (i64 p = 0; p < HW; ++p) {
                 const i64 o = off + p * C;
+                const float* yp = relu ? y + o : dy + o;  // y is read in place of dy without ReLU
+                if (norm == 0) {
 #pragma omp simd
-                for (i64 j = 0; j < cn; ++j) {
-                    const float yv = relu ? y[o + j] : dy[o + j];
-                    const float g = (relu && !(yv > 0.0f)) ? 0.0f : dy[o + j];
-                    const float a = norm == 0 ? gf[o + j] * inv[j]
-                                              : sigmoid_f32(std::fma(t[o + j], kf[j], bf[j]));
-                    gf[o + j] = a;
-                    gs[o + j] = g;
-                    r[j] += d * g * std::fma(u[o + j], ks[j], bs[j]) * a;
+                    for (i64 c = 0; c < C; ++c) {
+                        const float g = (relu && !(yp[c] > 0.0f)) ? 0.0f : dy[o + c];
+                        const float a = gf[o + c] * inv[c];
+                        gf[o + c] = a;
+                        gs[o + c] = g;
+                        r[c] += d * g * std::fma(u[o + c], ks[c], bs[c]) * a;
+                    }
+                } else {
+#pragma omp simd
+                    for (i64 c = 0; c < C; ++c) {
+                        const float g = (relu && !(yp[c] > 0.0f)) ? 0.0f : dy[o + c];
+                        const float a = sigmoid_f32(std::fma(t[o + c], kf[c], bf[c]));
+                        gf[o + c] = a;
+                        gs[o + c] = g;
+                        r[c] += d * g * std::fma(u[o + c], ks[c], bs[c]) * a;
+                    }
                 }
             }
+            std::fill(pfs.begin(), pfs.end(), 0.0f);
+            std::fill(pfsx.begin(), pfsx.end(), 0.0f);
+            std::fill(pss.begin(), pss.end(), 0.0f);
+            std::fill(pssx.begin(), pssx.end(), 0.0f);
             // pass 2: dL/dF and dL/ds, and the per-channel sums of the norms' backward
             for (i64 p = 0; p < HW; ++p) {
                 const i64 o = off + p * C;
 #pragma omp simd
-                for (i64 j = 0; j < cn; ++j) {
-                    const float a = gf[o + j], g = gs[o + j];
-                    const float s = std::fma(u[o + j], ks[j], bs[j]);
+                for (i64 c = 0; c < C; ++c) {
+                    const float a = gf[o + c], g = gs[o + c];
+                    const float s = std::fma(u[o + c], ks[c], bs[c]);
                     const float gb = d * g;
-                    const float df = norm == 0 ? gb + alpha * a * (gb * s - r[j])
+                    // spatial: a (gb s - r); sigmoid: gb s a (1 - a) — no exp either way
+                    const float df = norm == 0 ? gb + alpha * a * (gb * s - r[c])
                                                : gb + alpha * gb * s * a * (1.0f - a);
                     const float ds = g + alpha * gb * a;
-                    pfs[j] += df;
-                    pfsx[j] += df * (t[o + j] - fmu[j]);
-                    pss[j] += ds;
-                    pssx[j] += ds * (u[o + j] - smu[j]);
-                    gf[o + j] = df * fout[j];
-                    gs[o + j] = ds * sout[j];
+                    pfs[c] += df;
+                    pfsx[c] += df * (t[o + c] - fmu[c]);
+                    pss[c] += ds;
+                    pssx[c] += ds * (u[o + c] - smu[c]);
+                    gf[o + c] = df * fout[c];
+                    gs[o + c] = ds * sout[c];
                 }
             }
-            for (i64 j = 0; j < cn; ++j) {
-                fs[j] += pfs[j];
-                fsx[j] += pfsx[j];
-                ss[j] += pss[j];
-                ssx[j] += pssx[j];
-                as[j] += r[j];
+            for (i64 c = 0; c < C; ++c) {
+                acc[c] += pfs[c];
+                acc[C + c] += pfsx[c];
+                acc[2 * C + c] += pss[c];
+                acc[3 * C + c] += pssx[c];
+                acc[4 * C + c] += r[c];
             }
         }
-        for (i64 j = 0; j < cn; ++j) {
-            f_sum[c0 + j] = fs[j];
-            f_sumx[c0 + j] = fsx[j];
-            s_sum[c0 + j] = ss[j];
-            s_sumx[c0 + j] = ssx[j];
-            a_sum[c0 + j] = as[j];
-        }
-        if (f_mode == 2 && f_need)
-            bn_train_backward_nhwc(gf, t, N, C, HW, c0, cn, kf, fmu, f_invstd, fs, fsx);
-        if (s_mode == 2 && s_need)
-            bn_train_backward_nhwc(gs, u, N, C, HW, c0, cn, ks, smu, s_invstd, ss, ssx);
     }
+    double* outs[5] = {f_sum, f_sumx, s_sum, s_sumx, a_sum};
+    for (int j = 0; j < 5; ++j)
+        for (i64 c = 0; c < C; ++c) {
+            double total = 0.0;
+            for (int th = 0; th < T; ++th) total += part[(static_cast<size_t>(th) * 5 + j) * C + c];
+            outs[j][c] = total;
+        }
+    if (f_mode == 2 && f_need)
+        bn_train_backward_nhwc(gf, t, N, C, HW, kf.data(), fmu.data(), f_invstd, f_sum, f_sumx, nt);
+    if (s_mode == 2 && s_need)
+        bn_train_backward_nhwc(gs, u, N, C, HW, ks.data(), smu.data(), s_invstd, s_sum, s_sumx, nt);
 }
 
 }  // namespace
