@@ -35,17 +35,18 @@ inline float exp_f32(float x) {
     const float below = x < lo ? 0.0f : 1.0f;
     x = x > hi ? hi : x;
     x = x < lo ? lo : x;
-    float fx = std::floor(x * 1.44269504088896341f + 0.5f);
-    x = x - fx * 0.693359375f;
-    x = x + fx * 2.12194440e-4f;
+    // explicit fma: the library is built with -ffp-contract=off, and this chain is the hot path
+    float fx = std::floor(std::fma(x, 1.44269504088896341f, 0.5f));
+    x = std::fma(-fx, 0.693359375f, x);
+    x = std::fma(fx, 2.12194440e-4f, x);
     const float z = x * x;
     float p = 1.9875691500e-4f;
-    p = p * x + 1.3981999507e-3f;
-    p = p * x + 8.3334519073e-3f;
-    p = p * x + 4.1665795894e-2f;
-    p = p * x + 1.6666665459e-1f;
-    p = p * x + 5.0000001201e-1f;
-    p = p * z + x + 1.0f;
+    p = std::fma(p, x, 1.3981999507e-3f);
+    p = std::fma(p, x, 8.3334519073e-3f);
+    p = std::fma(p, x, 4.1665795894e-2f);
+    p = std::fma(p, x, 1.6666665459e-1f);
+    p = std::fma(p, x, 5.0000001201e-1f);
+    p = std::fma(p, z, x) + 1.0f;
     const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
