@@ -52,8 +52,16 @@ def _pair(src: nn.Module, mode: str) -> tuple[nn.Module, nn.Module]:
     return (src.train(), arl.train()) if mode == "train" else (src.eval(), arl.eval())
 
 
+# one network per block kind by default (basic, bottleneck with avg-pool shortcut, SE + grouped);
+# the whole list with the slow tests
+FAST_TIMM_ARCHS = ("resnet18", "resnet50d", "seresnext26d_32x4d")
+
+
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("arch", TIMM_ARCHS)
+@pytest.mark.parametrize(
+    "arch",
+    [a if a in FAST_TIMM_ARCHS else pytest.param(a, marks=pytest.mark.slow) for a in TIMM_ARCHS],
+)
 def test_alpha_zero_equals_source_timm(arch, mode):
     src = timm.create_model(arch, pretrained=False, num_classes=3)
     src, arl = _pair(src, mode)
