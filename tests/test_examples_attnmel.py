@@ -145,6 +145,8 @@ def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     assert metrics["attention_jaccard"]["test"] == {}  # no test masks are shipped
 
 
+# ~13 s: the 2018 layout is covered fast by the CARE and fault tests
+@pytest.mark.slow
 def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150")
     out = tmp_path / "r18"

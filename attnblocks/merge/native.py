@@ -5,52 +5,25 @@ BatchNorm on the fly, compute the spatial softmax (or sigmoid) of each ``(n, c)`
 in cache, and write only the block output; backward folds the ReLU, merge, softmax and BatchNorm
 backward into one pass per channel. They are plain C++ with a C interface, no PyTorch headers.
 
-Building: once per machine (about a second) with ``$CXX`` (honoured when set: a ``CXX`` that is not
-an executable compiler is reported, not replaced) or else the first of ``c++``, ``g++``,
-``clang++`` on ``PATH``, when the first ARL block is converted (:func:`prepare`), never silently:
-one line on the ``attnblocks`` logger. The library lands atomically in ``$ATTNBLOCKS_CACHE_DIR``
-(else ``$XDG_CACHE_HOME/attnblocks`` or ``~/.cache/attnblocks``) with mode 0755, so that one
-cache can be shared read-only between users; where that folder is not writable a private one under
-the system temporary folder is used. The compiler writes into a temporary folder of its own, swept
-on the next build if a kill left it behind. A missing or failing compiler is one log message, and
-the op runs its eager kernels (:mod:`attnblocks.merge.eager`).
+Building (:mod:`attnblocks.merge.build`) happens once per machine, when the first ARL block is
+converted (:func:`prepare`), never inside a training step. A missing or failing compiler is one log
+message, and the op runs its eager kernels (:mod:`attnblocks.merge.eager`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .build import BuildError, load_library, log
 from .spec import NO_NORM, RUNNING_STATS, SIGMOID, SPATIAL, NormIn, NormOut
 
 __all__ = ["available", "error", "fits", "merge_backward", "merge_forward", "prepare"]
 
-log = logging.getLogger("attnblocks.merge")
-
-_SOURCE = Path(__file__).with_name("csrc") / "arl_merge.cpp"
-_ABI = 5
-# -ffp-contract=off: a * b + c rounds twice, as PyTorch's kernels do, unless the source says fma
-_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
-_FLAGS += ["-fopenmp", "-fPIC"]
-_FLAGS += ["-shared", "-std=c++17"]
-if platform.machine().lower() in ("x86_64", "amd64"):
-    _FLAGS.append("-mprefer-vector-width=512")  # where AVX-512 exists, use its full width
-_KERNEL_CODES = {
-    SPATIAL: 0,
-    SIGMOID: 1,
-}  # the C++ kernels' normalization codes (no channel softmax)
-_BUILD_PREFIX = "attnblocks-build-"
+_KERNEL_CODES = {SPATIAL: 0, SIGMOID: 1}  # the C++ kernels' codes (no channel softmax)
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -75,111 +48,6 @@ _SIGNATURES = {
 }
 
 
-class BuildError(RuntimeError):
-    """The kernels could not be built or loaded."""
-
-
-def cache_dir() -> Path:
-    """Where the built library is kept (see the module docstring)."""
-    if os.environ.get("ATTNBLOCKS_CACHE_DIR"):
-        return Path(os.environ["ATTNBLOCKS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "attnblocks"
-
-
-def _compiler() -> str:
-    """The C++ compiler: ``$CXX`` if set (and it must exist), else the first one on ``PATH``."""
-    explicit = os.environ.get("CXX", "").strip()
-    if explicit:
-        path = shutil.which(explicit)
-        if path is None:
-            raise BuildError(f"CXX={explicit!r} is not an executable compiler")
-        return path
-    for name in ("c++", "g++", "clang++"):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise BuildError("no C++ compiler found (set CXX, or install c++, g++ or clang++)")
-
-
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the CPU model and its feature flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return "".join([ln for ln in fh if ln.startswith(("flags", "model name"))][:2])
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep(folder: Path) -> None:
-    """Remove build folders and temporary files that killed builds left in ``folder``."""
-    for path in folder.glob(f"{_BUILD_PREFIX}*"):
-        try:
-            pid = int(path.name[len(_BUILD_PREFIX) :].split("-")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(True)
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
-def _build(cxx: str) -> Path:
-    """The library's path, compiling it first if no cache holds it (once per source, compiler,
-    flags and CPU)."""
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    key = hashlib.sha256(
-        _SOURCE.read_bytes() + cxx.encode() + version.stdout.encode()
-        + " ".join(_FLAGS).encode() + _cpu_key().encode()
-    ).hexdigest()[:16]  # fmt: skip
-    name = f"arl_merge-{key}.so"
-    private = Path(tempfile.gettempdir()) / f"attnblocks-{os.getuid()}"
-    for folder in (cache_dir(), private):
-        if (folder / name).is_file():
-            return folder / name
-    folder = cache_dir() if _writable(cache_dir()) else private
-    if not _writable(folder):
-        raise BuildError(f"no writable cache folder ({cache_dir()} or {private})")
-    target = folder / name
-    log.warning("attnblocks: building the native ARL merge kernels with %s into %s", cxx, target)
-    _sweep(folder)
-    _sweep(Path(tempfile.gettempdir()))
-    work = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{os.getpid()}-"))
-    try:
-        out = work / name
-        done = subprocess.run(
-            [cxx, *_FLAGS, str(_SOURCE), "-o", str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BuildError(f"{cxx} failed: {done.stderr.strip()[-2000:]}")
-        staged = folder / f"{_BUILD_PREFIX}{os.getpid()}-{name}"
-        shutil.copyfile(out, staged)
-        os.chmod(staged, 0o755)
-        os.replace(staged, target)  # atomic: a concurrent build writes the same bytes
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
 def _load() -> ctypes.CDLL | None:
     global _lib, _error, _tried
     with _lock:
@@ -187,16 +55,12 @@ def _load() -> ctypes.CDLL | None:
             return _lib
         _tried = True
         try:
-            if platform.system() != "Linux":
-                raise BuildError(f"built on Linux only, not {platform.system()}")
-            lib = ctypes.CDLL(str(_build(_compiler())))
+            lib = load_library()
             for name, (args, res) in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, res
-            if lib.ab_abi_version() != _ABI:
-                raise BuildError("stale library (ABI version mismatch)")
             _lib = lib
-        except (OSError, BuildError, subprocess.SubprocessError) as exc:
+        except (OSError, BuildError) as exc:
             _error = str(exc)
             log.warning(
                 "attnblocks: native ARL merge kernels unavailable (%s); the merge runs its eager "
