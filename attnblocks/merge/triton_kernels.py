@@ -84,6 +84,49 @@ if triton is not None:
         return k, b
 
     @triton.jit
+    def _plane_softmax_stats(
+        t, base, kf, bf, cm, HW, sp, SIGM: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        """Per row of channels: the running max of F over the plane and 1 / sum(exp(F - max))
+        (one online pass; unused for the sigmoid)."""
+        mx = tl.full([BLOCK_C], -float("inf"), tl.float32)
+        sm = tl.zeros([BLOCK_C], dtype=tl.float32)
+        if not SIGM:
+            for p0 in range(0, HW, BLOCK_P):
+                p = p0 + tl.arange(0, BLOCK_P)
+                m = cm[:, None] & (p[None, :] < HW)
+                x = tl.load(t + base + p[None, :] * sp, mask=m, other=0.0).to(tl.float32)
+                f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
+                new = tl.maximum(mx, tl.max(f, 1))
+                new = tl.where(new == -float("inf"), 0.0, new)  # an all-masked row stays finite
+                sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[:, None]), 1)
+                mx = new
+        return mx, 1.0 / tl.where(sm == 0.0, 1.0, sm)  # sm = 0 only in masked rows; NaN stays
+
+    @triton.jit
+    def _chan_softmax_stats(
+        t, fk, fb, n, p, pm, C, sn, sc, sp, HAS_F: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        """Per position: the running max of F over the channels and 1 / sum(exp(F - max))."""
+        mx = tl.full([BLOCK_P], -float("inf"), tl.float32)
+        sm = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            cm = c < C
+            kf, bf = _affine_vec(fk, fb, c, cm, HAS_F)
+            m = cm[:, None] & pm[None, :]
+            off = n * sn + c[:, None] * sc + p[None, :] * sp
+            x = tl.load(t + off, mask=m, other=0.0).to(tl.float32)
+            f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
+            new = tl.maximum(mx, tl.max(f, 0))
+            new = tl.where(new == -float("inf"), 0.0, new)
+            sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[None, :]), 0)
+            mx = new
+        return mx, 1.0 / tl.where(sm == 0.0, 1.0, sm)
+
+    @triton.jit
     def _plane_fwd(
         t, u, y, fk, fb, sk, sb, dscale, alpha_ptr, C, HW, sn, sc, sp,
         HAS_F: tl.constexpr, HAS_S: tl.constexpr, HAS_D: tl.constexpr, SIGM: tl.constexpr,
@@ -97,19 +140,7 @@ if triton is not None:
         alpha = tl.load(alpha_ptr).to(tl.float32)
         d = tl.load(dscale + n).to(tl.float32) if HAS_D else 1.0
         base = n * sn + c[:, None] * sc
-        mx = tl.full([BLOCK_C], -float("inf"), tl.float32)
-        sm = tl.zeros([BLOCK_C], dtype=tl.float32)
-        if not SIGM:  # online max and sum of exp(F - max) over the plane
-            for p0 in range(0, HW, BLOCK_P):
-                p = p0 + tl.arange(0, BLOCK_P)
-                m = cm[:, None] & (p[None, :] < HW)
-                x = tl.load(t + base + p[None, :] * sp, mask=m, other=0.0).to(tl.float32)
-                f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
-                new = tl.maximum(mx, tl.max(f, 1))
-                new = tl.where(new == -float("inf"), 0.0, new)  # an all-masked row stays finite
-                sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[:, None]), 1)
-                mx = new
-        inv = 1.0 / tl.where(sm == 0.0, 1.0, sm)  # sm = 0 only in masked rows; NaN stays
+        mx, inv = _plane_softmax_stats(t, base, kf, bf, cm, HW, sp, SIGM, BLOCK_C, BLOCK_P)
         for p0 in range(0, HW, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             m = cm[:, None] & (p[None, :] < HW)
@@ -143,19 +174,7 @@ if triton is not None:
         alpha = tl.load(alpha_ptr).to(tl.float32)
         d = tl.load(dscale + n).to(tl.float32) if HAS_D else 1.0
         base = n * sn + c[:, None] * sc
-        mx = tl.full([BLOCK_C], -float("inf"), tl.float32)
-        sm = tl.zeros([BLOCK_C], dtype=tl.float32)
-        if not SIGM:
-            for p0 in range(0, HW, BLOCK_P):
-                p = p0 + tl.arange(0, BLOCK_P)
-                m = cm[:, None] & (p[None, :] < HW)
-                x = tl.load(t + base + p[None, :] * sp, mask=m, other=0.0).to(tl.float32)
-                f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
-                new = tl.maximum(mx, tl.max(f, 1))
-                new = tl.where(new == -float("inf"), 0.0, new)
-                sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[:, None]), 1)
-                mx = new
-        inv = 1.0 / tl.where(sm == 0.0, 1.0, sm)  # sm = 0 only in masked rows; NaN stays
+        mx, inv = _plane_softmax_stats(t, base, kf, bf, cm, HW, sp, SIGM, BLOCK_C, BLOCK_P)
         r = tl.zeros([BLOCK_C], dtype=tl.float32)  # sum over the plane of d * g * s * A
         for p0 in range(0, HW, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
@@ -216,21 +235,7 @@ if triton is not None:
         pm = p < HW
         alpha = tl.load(alpha_ptr).to(tl.float32)
         d = tl.load(dscale + n).to(tl.float32) if HAS_D else 1.0
-        mx = tl.full([BLOCK_P], -float("inf"), tl.float32)
-        sm = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            cm = c < C
-            kf, bf = _affine_vec(fk, fb, c, cm, HAS_F)
-            m = cm[:, None] & pm[None, :]
-            off = n * sn + c[:, None] * sc + p[None, :] * sp
-            x = tl.load(t + off, mask=m, other=0.0).to(tl.float32)
-            f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
-            new = tl.maximum(mx, tl.max(f, 0))
-            new = tl.where(new == -float("inf"), 0.0, new)
-            sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[None, :]), 0)
-            mx = new
-        inv = 1.0 / tl.where(sm == 0.0, 1.0, sm)  # sm = 0 only in masked rows; NaN stays
+        mx, inv = _chan_softmax_stats(t, fk, fb, n, p, pm, C, sn, sc, sp, HAS_F, BLOCK_C, BLOCK_P)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             cm = c < C
@@ -260,21 +265,7 @@ if triton is not None:
         pm = p < HW
         alpha = tl.load(alpha_ptr).to(tl.float32)
         d = tl.load(dscale + n).to(tl.float32) if HAS_D else 1.0
-        mx = tl.full([BLOCK_P], -float("inf"), tl.float32)
-        sm = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            cm = c < C
-            kf, bf = _affine_vec(fk, fb, c, cm, HAS_F)
-            m = cm[:, None] & pm[None, :]
-            off = n * sn + c[:, None] * sc + p[None, :] * sp
-            x = tl.load(t + off, mask=m, other=0.0).to(tl.float32)
-            f = tl.where(m, x * kf[:, None] + bf[:, None], -float("inf"))
-            new = tl.maximum(mx, tl.max(f, 0))
-            new = tl.where(new == -float("inf"), 0.0, new)
-            sm = sm * tl.exp(mx - new) + tl.sum(tl.exp(f - new[None, :]), 0)
-            mx = new
-        inv = 1.0 / tl.where(sm == 0.0, 1.0, sm)  # sm = 0 only in masked rows; NaN stays
+        mx, inv = _chan_softmax_stats(t, fk, fb, n, p, pm, C, sn, sc, sp, HAS_F, BLOCK_C, BLOCK_P)
         r = tl.zeros([BLOCK_P], dtype=tl.float32)  # per position: sum over channels of d g s A
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
