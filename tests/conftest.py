@@ -145,3 +145,25 @@ def assert_multiclass_metrics_agree(
             want["sensitivity_at_specificity"], abs=1e-9, nan_ok=True
         ), name
     assert saved["mean_auc_ci"] == pytest.approx(ref["mean_auc_ci"], abs=1e-9)
+
+
+def to_efficientnet_pytorch(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Write a timm EfficientNet's weights in the EfficientNet-PyTorch key layout."""
+    top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
+    top["classifier"] = "_fc"
+    ir = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1"}
+    ir |= {"conv_pwl": "_project_conv", "bn3": "_bn2"}
+    ds = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
+    out, flat = {}, 0
+    for stage in model.blocks:
+        for block in stage:
+            table = ir if hasattr(block, "conv_pwl") else ds
+            for key, value in block.state_dict().items():
+                head, rest = key.split(".", 1)
+                out[f"_blocks.{flat}.{table[head]}.{rest}"] = value
+            flat += 1
+    for key, value in model.state_dict().items():
+        head, rest = key.split(".", 1)
+        if head in top:
+            out[f"{top[head]}.{rest}"] = value
+    return out

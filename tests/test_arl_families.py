@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import to_efficientnet_pytorch
 from torch import nn
 
 import attnblocks as ab
@@ -328,33 +329,11 @@ def test_timm_api_on_converted_models(name, one_thread):
 # --- EfficientNet-Lite0 from EfficientNet-PyTorch weights ---------------------------------------
 
 
-def _to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Write a timm EfficientNet's weights in the EfficientNet-PyTorch key layout."""
-    top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
-    top["classifier"] = "_fc"
-    ir = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1"}
-    ir |= {"conv_pwl": "_project_conv", "bn3": "_bn2"}
-    ds = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
-    out, flat = {}, 0
-    for stage in model.blocks:
-        for block in stage:
-            table = ir if hasattr(block, "conv_pwl") else ds
-            for key, value in block.state_dict().items():
-                head, rest = key.split(".", 1)
-                out[f"_blocks.{flat}.{table[head]}.{rest}"] = value
-            flat += 1
-    for key, value in model.state_dict().items():
-        head, rest = key.split(".", 1)
-        if head in top:
-            out[f"{top[head]}.{rest}"] = value
-    return out
-
-
 def test_arl_efficientnet_lite0_loads_efficientnet_pytorch_weights(tmp_path, one_thread):
     torch.manual_seed(3)
     source = randomize(timm.create_model("tf_efficientnet_lite0", num_classes=1000)).eval()
     path = tmp_path / "efficientnet-lite0.pth"
-    torch.save(_to_efficientnet_pytorch(source), path)
+    torch.save(to_efficientnet_pytorch(source), path)
     model = ab.arl_efficientnet_lite0(1000, weights=path, alpha_init=0.0).eval()
     report = model.load_report
     assert report.missing == [] and report.unexpected == [] and len(report.loaded) == 296

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import to_efficientnet_pytorch
 from torch import nn
 
 import attnblocks as ab
@@ -176,32 +177,10 @@ def test_local_checkpoint_loads_into_backbone(tmp_path):
     assert rep.missing and all(k.startswith("layer4") for k in rep.missing)
 
 
-def _to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Write a timm EfficientNet's weights in the EfficientNet-PyTorch key layout."""
-    top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
-    top["classifier"] = "_fc"
-    ir = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1"}
-    ir |= {"conv_pwl": "_project_conv", "bn3": "_bn2"}
-    ds = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
-    out, flat = {}, 0
-    for stage in model.blocks:
-        for block in stage:
-            table = ir if hasattr(block, "conv_pwl") else ds
-            for key, value in block.state_dict().items():
-                head, rest = key.split(".", 1)
-                out[f"_blocks.{flat}.{table[head]}.{rest}"] = value
-            flat += 1
-    for key, value in model.state_dict().items():
-        head, rest = key.split(".", 1)
-        if head in top:
-            out[f"{top[head]}.{rest}"] = value
-    return out
-
-
 def test_efficientnet_pytorch_layout_is_converted(tmp_path):
     torch.manual_seed(2)
     source = timm.create_model("efficientnet_lite0")
-    theirs = _to_efficientnet_pytorch(source)
+    theirs = to_efficientnet_pytorch(source)
     assert (
         "_blocks.15._project_conv.weight" in theirs
         and "_blocks.0._expand_conv.weight" not in theirs
@@ -271,7 +250,7 @@ def test_bad_arguments():
 
 def test_convert_state_dict_detects_layouts_and_device_dtype():
     target = timm.create_model("efficientnet_lite0")
-    theirs = _to_efficientnet_pytorch(target)
+    theirs = to_efficientnet_pytorch(target)
     converted, layout = ab.convert_state_dict(theirs, target)
     assert layout == "efficientnet_pytorch"
     assert set(converted) == set(target.state_dict())
