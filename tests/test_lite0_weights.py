@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import shared_subset
-from test_gated import _to_efficientnet_pytorch
+from conftest import shared_subset, to_efficientnet_pytorch
 
 import attnblocks as ab
 from examples import isic2017_attnmel as attnmel
@@ -27,7 +26,7 @@ def _lite0_file(tmp_path: Path, seed: int = 3) -> tuple[Path, dict[str, torch.Te
     torch.manual_seed(seed)
     source = timm.create_model("tf_efficientnet_lite0")
     path = tmp_path / "lite0_effnet_pytorch.pth"
-    torch.save(_to_efficientnet_pytorch(source), path)
+    torch.save(to_efficientnet_pytorch(source), path)
     return path, source.state_dict()
 
 
