@@ -26,6 +26,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,20 @@ from examples.isic import (
     arl_train_transform,
     cli,
     default_synthetic_root,
-    isic2017_metrics,
-    recipes,
-    report,
-    viz,
-    write_predictions_csv,
+    layout,
+    weights,
 )
 from examples.isic.cache import default_cache_dir
-from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer
+from examples.isic.eval import (
+    isic2017_metrics,
+    isic2017_scores,
+    isic2017_tasks,
+    plots,
+    report,
+    write_predictions_csv,
+)
+from examples.isic.train import DistInfo, Trainer, recipes, shard_loader
+from examples.run import write_json
 
 SCRIPT = "isic2017_arl"
 PAPER = {
@@ -171,29 +177,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    """ARL-CNN14/50 or, with ``--no-arl``, the plain ResNet-14/50 of the same initialisation."""
-    if args.arch == "arl_cnn14":
-        if args.weights is not None or args.pretrained:
+@dataclass(frozen=True)
+class ModelSettings:
+    """What :func:`build_model` builds: ``arch`` with (``arl``) or without the ARL blocks."""
+
+    arch: str
+    num_classes: int
+    arl: bool = True
+    normalization: str = "spatial"
+    alpha_init: float = 1e-3
+    weights: Path | None = None
+    pretrained: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelSettings:
+        return cls(
+            arch=args.arch, num_classes=3 if args.task == "both" else 2, arl=not args.no_arl,
+            normalization=args.normalization, alpha_init=args.alpha_init, weights=args.weights,
+            pretrained=args.pretrained,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """What :func:`cam_figure` draws: ``images`` test images of a run on ``task``."""
+
+    images: int
+    task: str
+    arl: bool
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+
+
+def build_model(settings: ModelSettings) -> nn.Module:
+    """ARL-CNN14/50 (:func:`attnblocks.arl_cnn14` / :func:`attnblocks.arl_cnn50`) or, without
+    ``arl``, the plain ResNet-14/50 of the same initialisation."""
+    s = settings
+    if s.arch == "arl_cnn14":
+        if s.weights is not None or s.pretrained:
             raise ValueError(
                 "--weights/--pretrained apply to arl_cnn50; arl_cnn14 trains from scratch"
             )
-        plain = ab.resnet14(num_classes)
+        if not s.arl:
+            return ab.resnet14(s.num_classes)
+        return ab.arl_cnn14(s.num_classes, s.normalization, s.alpha_init)
+    if s.weights is not None and s.pretrained:
+        raise ValueError("pass either --weights PATH or --pretrained, not both")
+    if s.weights is not None and not Path(s.weights).is_file():
+        raise ValueError(f"--weights {s.weights}: no such file")
+    if s.weights is None and not s.pretrained:
+        logging.warning("arl_cnn50 without --weights/--pretrained trains from scratch "
+                        "(the paper fine-tunes an ImageNet ResNet-50)")  # fmt: skip
+    if s.arl:
+        model = ab.arl_cnn50(
+            s.num_classes, s.weights, pretrained=s.pretrained, normalization=s.normalization,
+            alpha_init=s.alpha_init,
+        )  # fmt: skip
+        load_report = getattr(model, "load_report", None)
     else:
-        if args.weights is not None and args.pretrained:
-            raise ValueError("pass either --weights PATH or --pretrained, not both")
-        if args.weights is not None and not Path(args.weights).is_file():
-            raise ValueError(f"--weights {args.weights}: no such file")
-        plain = timm.create_model("resnet50", pretrained=args.pretrained, num_classes=num_classes)
-        if args.weights is not None:
-            report_ = ab.load_checkpoint(plain, args.weights)
-            logging.info("loaded %s: %s", args.weights, report_)
-        elif not args.pretrained:
-            logging.warning("arl_cnn50 without --weights/--pretrained trains from scratch "
-                            "(the paper fine-tunes an ImageNet ResNet-50)")  # fmt: skip
-    if args.no_arl:
-        return plain
-    return ab.ARLWrapper(plain, normalization=args.normalization, alpha_init=args.alpha_init)
+        model = timm.create_model("resnet50", pretrained=s.pretrained, num_classes=s.num_classes)
+        load_report = ab.load_checkpoint(model, s.weights) if s.weights is not None else None
+    if load_report is not None:
+        logging.info("loaded %s: %s", s.weights, load_report)
+    return model
 
 
 def alpha_columns(model: nn.Module) -> dict[str, float]:
@@ -202,24 +248,61 @@ def alpha_columns(model: nn.Module) -> dict[str, float]:
     return {f"alpha/{k}": float(v) for k, v in alphas.items()}
 
 
+def build_datasets(
+    args: argparse.Namespace, root: Path, dist_info: DistInfo, mean, std
+) -> dict[str, Any]:
+    """The train/val/test splits (``ISIC2017Dataset``), their transforms normalising with
+    ``mean``/``std`` (the model's ``pretrained_cfg``); at most ``--limit`` images each."""
+    load = {"image_size": args.load_size, "progress": dist_info.is_main and args.progress,
+            "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
+    if args.load_size is not None:
+        load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
+    norm = {"color_constancy": args.color_constancy, "mean": mean, "std": std}
+    train_tf = arl_train_transform(args.image_size, **norm)
+    test_tf = arl_test_transform(args.image_size, args.test_views, **norm)
+    task = dataset_task(args.task)
+    splits = {
+        "train": ISIC2017Dataset(root, "train", task, train_tf, **load),
+        "val": ISIC2017Dataset(root, "val", task, test_tf, **load),
+        "test": ISIC2017Dataset(root, "test", task, test_tf, **load),
+    }
+    if dist_info.is_main:
+        layout.write_skipped(args.out, splits)
+    if args.limit is not None:
+        splits = {k: layout.LimitedDataset(v, args.limit) for k, v in splits.items()}
+    layout.check_not_empty(splits, root)
+    return splits
+
+
+def dataset_task(task: str) -> str:
+    """``--task`` -> the dataset's task (``both``: one 3-class network)."""
+    return "3class" if task == "both" else task
+
+
+def build_optimization(
+    model: nn.Module, args: argparse.Namespace, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any, nn.Module]:
+    """Optimizer, scheduler and criterion of ``--recipe``."""
+    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
+        optimizer, scheduler = recipes.build_timm_training(model, args, steps_per_epoch)
+        return optimizer, scheduler, recipes.timm_loss(args.smoothing)
+    # the paper's: SGD, lr halved every --lr-step epochs, cross-entropy
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
+    return optimizer, scheduler, nn.CrossEntropyLoss()
+
+
 def cam_figure(
-    model: nn.Module,
-    dataset,
-    args,
-    device: torch.device,
-    path: Path,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    model: nn.Module, dataset, device: torch.device, path: Path, settings: FigureSettings
 ) -> Path:
     """CAM (Eq. 13) of the predicted class, and ARL attention of the last block, on test images."""
     model.eval()
-    n = min(args.cam_images, len(dataset))
+    n = min(settings.images, len(dataset))
     items = [dataset[i] for i in range(n)]
     x = torch.stack([it["image"][0] for it in items]).to(device)  # view 0 = the whole image
-    with (
-        torch.no_grad(),
-        ab.record_attention(model) if not args.no_arl else nullcontext({}) as attn,
-    ):
+    with torch.no_grad(), ab.record_attention(model) if settings.arl else nullcontext({}) as attn:
         feats = model.forward_features(x)
         logits = model.forward_head(feats)
     cls = logits.argmax(1)
@@ -230,22 +313,22 @@ def cam_figure(
     if attn:
         last = sorted(attn)[-1]
         maps[f"ARL attention {last}"] = ab.overlay_maps(attn[last], x.shape[-2:])
-    names = ISIC2017Dataset.csv_columns if args.task == "both" else ("other", args.task)
-    classes = ("nevus", *names) if args.task == "both" else names
+    both = settings.task == "both"
+    names = ISIC2017Dataset.csv_columns if both else ("other", settings.task)
+    classes = ("nevus", *names) if both else names
     titles = [f"{it['id']}\ntrue {classes[int(it['label'])]}\npred {classes[int(c)]}"
               for it, c in zip(items, cls, strict=True)]  # fmt: skip
-    images = viz.denormalize(x, mean, std)
-    return viz.save_overlays(images, maps, path, titles)
+    images = plots.denormalize(x, settings.mean, settings.std)
+    return plots.save_overlays(images, maps, path, titles)
 
 
-@cli.script_main
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags, their profile (paper, ``--quick``/synthetic, ``--recipe timm``) and checks."""
     args = build_parser().parse_args(argv)
-    synthetic = args.data_root is None
     paper, quick = recipes.resolve_recipe(args, PAPER, QUICK)
     if args.recipe == "timm":
         paper = {**paper, **TIMM_PROFILE, "lr": None}  # the lr depends on --arch (below)
-    cli.resolve_profile(args, paper, quick, use_quick=args.quick or synthetic)
+    cli.resolve_profile(args, paper, quick, use_quick=args.quick or args.data_root is None)
     if args.lr is None:
         args.lr = (TIMM_ARCH_LR if args.recipe == "timm" else ARCH_LR)[args.arch]
     cli.check_common_args(args)
@@ -255,99 +338,92 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         non_negative=("momentum", "weight_decay", "cam_images"),
         finite=("alpha_init",),
     )
-    device, info = cli.setup_device(args.device, args.amp)
+    return args
+
+
+@cli.script_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    # flags and the run folder
+    args = parse_args(argv)
+    synthetic = args.data_root is None
+    device, dist_info = cli.setup_device(args.device, args.amp)
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
-    cli.check_layout(root, cli.ISIC2017_LAYOUT, "ISIC 2017")
+    layout.check_layout(root, layout.ISIC2017_LAYOUT, "ISIC 2017")
     args.out = args.out or cli.default_out_dir(SCRIPT)
-    out = cli.prepare_out_dir(args.out, args.resume, root) if info.is_main else Path(args.out)
-    info.barrier()
+    out = cli.prepare_out_dir(args.out, args.resume, root) if dist_info.is_main else Path(args.out)
+    dist_info.barrier()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    ds_task = "3class" if args.task == "both" else args.task
-    tasks = report.isic2017_tasks(ds_task)
-    load = {"image_size": args.load_size, "progress": info.is_main and args.progress,
-            "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
-    if args.load_size is not None:
-        load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
+    # the model first: the data is normalised as its weights' pretrained_cfg says
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    with cli.reading_weights(args.weights):
-        model = build_model(args, num_classes=3 if args.task == "both" else 2)
-    mean, std = cli.input_normalization(model)  # the pretrained_cfg of the weights' model
-    if info.is_main:
-        logging.info("input %s (the model's pretrained_cfg)", cli.describe_normalization(mean, std))
-    norm = {"color_constancy": args.color_constancy, "mean": mean, "std": std}
-    train_tf = arl_train_transform(args.image_size, **norm)
-    test_tf = arl_test_transform(args.image_size, args.test_views, **norm)
-    splits = {
-        "train": ISIC2017Dataset(root, "train", ds_task, train_tf, **load),
-        "val": ISIC2017Dataset(root, "val", ds_task, test_tf, **load),
-        "test": ISIC2017Dataset(root, "test", ds_task, test_tf, **load),
-    }
-    if info.is_main:
-        cli.write_skipped(out, splits)
-    if args.limit is not None:
-        splits = {k: cli.LimitedDataset(v, args.limit) for k, v in splits.items()}
-    cli.check_not_empty(splits, root)
+    with weights.reading_weights(args.weights):
+        model = build_model(ModelSettings.from_args(args))
+    mean, std = weights.input_normalization(model)
+    if dist_info.is_main:
+        logging.info("input %s (the model's pretrained_cfg)",
+                     weights.describe_normalization(mean, std))  # fmt: skip
+
+    # data
+    splits = build_datasets(args, root, dist_info, mean, std)
     train, val, test = splits["train"], splits["val"], splits["test"]
     sampler = OversamplingSampler(train.labels, base_repeats=args.patches_per_image, seed=args.seed)
     dl = {"batch_size": args.batch_size, "num_workers": args.workers}
     train_loader = DataLoader(
         train, sampler=sampler, drop_last=len(sampler) > args.batch_size, **dl
     )
-    val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
+    val_loader = shard_loader(val, dist_info, **dl)
+    test_loader = shard_loader(test, dist_info, **dl)
 
-    if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
-        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
-        criterion: nn.Module = recipes.timm_loss(args.smoothing)
-    else:  # the paper's: SGD, lr halved every --lr-step epochs, cross-entropy
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step, args.lr_gamma)
-        criterion = nn.CrossEntropyLoss()
+    # training
+    task = dataset_task(args.task)
+    optimizer, scheduler, criterion = build_optimization(model, args, len(train_loader))
 
     def loss_fn(batch: dict, output: torch.Tensor, _model: nn.Module) -> torch.Tensor:
         return criterion(output.float(), batch["label"])
 
-    run_config = cli.run_settings(args)
     trainer = Trainer(
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
-        metric_fn=report.isic2017_metric_fn(ds_task), monitor="mean_auc", amp=args.amp,
+        metric_fn=report.isic2017_metric_fn(task), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
-        patience=args.patience, epoch_log=alpha_columns, run_config=run_config,
-        dist_info=info, progress=args.progress, ema_decay=args.ema_decay or None,
+        patience=args.patience, epoch_log=alpha_columns, run_config=cli.resume_settings(args),
+        dist_info=dist_info, progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
-    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
-        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
-    if info.is_main:
-        cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
+    if dist_info.is_main:
+        cli.save_config(out, args, device, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size,
+                        world_size=dist_info.world_size,
                         input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.arch}{' (plain ResNet)' if args.no_arl else ''}, task {args.task}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
-
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
+
+    # evaluation on the test set with the best epoch's weights
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
-    scores, truth = report.isic2017_scores(preds.probs, preds.targets, ds_task)
+    tasks = isic2017_tasks(task)
+    scores, truth = isic2017_scores(preds.probs, preds.targets, task)
     metrics = isic2017_metrics(
         truth, scores, tasks=tasks, bootstrap=args.bootstrap, seed=args.ci_seed
     )
-    if info.is_main:
-        cli.write_json(out / "metrics.json", metrics)
+
+    # outputs
+    if dist_info.is_main:
+        write_json(out / "metrics.json", metrics)
         write_predictions_csv(out / "predictions.csv", preds.ids, scores, tasks, "image_id")
-        plots = out / "plots"
-        viz.plot_curves(history, plots / "curves.png")
+        figures = out / "plots"
+        plots.plot_curves(history, figures / "curves.png")
         if not args.no_arl:
-            viz.plot_alphas(history, plots / "alphas.png")
-        cam_figure(trainer.module, test, args, device, plots / "cam.png", mean, std)
+            plots.plot_alphas(history, figures / "alphas.png")
+        figure = FigureSettings(args.cam_images, args.task, not args.no_arl, mean, std)
+        cam_figure(trainer.module, test, device, figures / "cam.png", figure)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         print(report.format_table(metrics, tasks, title))
         print(f"metrics:     {out / 'metrics.json'}")
         print(f"predictions: {out / 'predictions.csv'}")
-        print(f"plots:       {plots}/ ({', '.join(sorted(p.name for p in plots.glob('*.png')))})")
+        print(
+            f"plots:       {figures}/ ({', '.join(sorted(p.name for p in figures.glob('*.png')))})"
+        )
         print(f"logs:        {out / 'log.csv'}, TensorBoard: tensorboard --logdir {out / 'tb'}")
     return metrics
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +47,25 @@ from examples.isic import (
     ISIC2017Dataset,
     ISIC2018Dataset,
     OversamplingSampler,
-    attention_jaccard,
     attnmel_eval_transform,
     attnmel_train_transform,
-    binary_metrics,
     cli,
     default_synthetic_root,
-    multiclass_metrics,
-    recipes,
-    report,
-    viz,
-    write_predictions_csv,
+    layout,
+    weights,
 )
 from examples.isic.cache import default_cache_dir
-from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer
-from examples.isic.metrics import ci_method
+from examples.isic.eval import (
+    attention_jaccard,
+    binary_metrics,
+    ci_method,
+    multiclass_metrics,
+    plots,
+    report,
+    write_predictions_csv,
+)
+from examples.isic.train import DistInfo, Trainer, recipes, shard_loader
+from examples.run import write_json
 
 SCRIPT = "isic2017_attnmel"
 PAPER = {"epochs": 50, "batch_size": 32, "image_size": 224, "lr": 0.01, "limit": None,
@@ -73,7 +77,7 @@ NUM_CLASSES = {"isic2017": 2, "isic2016": 2, "isic2018": 7}  # the model's outpu
 
 # dataset name -> (dataset class, splits (train, val, test), task, melanoma class index, layout)
 DATASETS: dict[str, tuple[type, tuple[str, str, str], str, int, tuple[str, ...]]] = {
-    "isic2017": (ISIC2017Dataset, ("train", "val", "test"), "melanoma", 1, cli.ISIC2017_LAYOUT),
+    "isic2017": (ISIC2017Dataset, ("train", "val", "test"), "melanoma", 1, layout.ISIC2017_LAYOUT),
     "isic2016": (ISIC2016Dataset, ("train", "train", "test"), "malignant", 1, (
         "ISBI2016_ISIC_Part3_Training_Data/", "ISBI2016_ISIC_Part3_Training_GroundTruth.csv",
         "ISBI2016_ISIC_Part3_Test_Data/", "ISBI2016_ISIC_Part3_Test_GroundTruth.csv")),
@@ -209,7 +213,7 @@ def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
 def build_datasets(
     args: argparse.Namespace,
     root: Path,
-    info,
+    dist_info: DistInfo,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Any]:
@@ -217,7 +221,7 @@ def build_datasets(
     model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
-        "image_size": args.load_size, "progress": info.is_main and args.progress,
+        "image_size": args.load_size, "progress": dist_info.is_main and args.progress,
         "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
     }  # fmt: skip
     if args.load_size is not None:
@@ -230,26 +234,49 @@ def build_datasets(
     out = {}
     for name, split in zip(("train", "val", "test"), splits, strict=True):
         out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
-    if info.is_main:
-        cli.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
+    if dist_info.is_main:
+        layout.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
                                      args.dataset != "isic2016"})  # fmt: skip
     if args.dataset == "isic2016":  # no official validation split
         out["val"] = _holdout(out["val"], args.val_fraction, args.seed, "val")
         out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
     if args.limit is not None:
-        out = {k: cli.LimitedDataset(v, args.limit) for k, v in out.items()}
-    cli.check_not_empty(out, root)
+        out = {k: layout.LimitedDataset(v, args.limit) for k, v in out.items()}
+    layout.check_not_empty(out, root)
     return out
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> ab.AttentionGatedNet:
-    if args.weights is not None and not Path(args.weights).is_file():
-        raise ValueError(f"--weights {args.weights}: no such file")
-    kw = {"head": args.head, "normalization": args.normalization, "pretrained": args.pretrained,
-          "weights": args.weights}  # fmt: skip
-    if args.backbone == "vgg16_bn" and args.gate_stages in (None, [2, 3]):
-        return ab.attnmel_vgg16(num_classes, **kw)
-    return ab.AttentionGatedNet(args.backbone, tuple(args.gate_stages or (2, 3)), num_classes, **kw)
+@dataclass(frozen=True)
+class ModelSettings:
+    """What :func:`build_model` builds: ``backbone`` with gates on ``gate_stages`` and ``head``."""
+
+    backbone: str
+    num_classes: int
+    gate_stages: tuple[int, ...] | None = None  # None: 2 3 (pool-3 and pool-4 on VGG)
+    head: str = "attention"
+    normalization: str = "sigmoid"
+    weights: Path | None = None
+    pretrained: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, num_classes: int) -> ModelSettings:
+        stages = None if args.gate_stages is None else tuple(args.gate_stages)
+        return cls(
+            backbone=args.backbone, num_classes=num_classes, gate_stages=stages, head=args.head,
+            normalization=args.normalization, weights=args.weights, pretrained=args.pretrained,
+        )  # fmt: skip
+
+
+def build_model(settings: ModelSettings) -> ab.AttentionGatedNet:
+    """AttnMel-CNN (:func:`attnblocks.attnmel_vgg16`) or gates on any timm backbone."""
+    s = settings
+    if s.weights is not None and not Path(s.weights).is_file():
+        raise ValueError(f"--weights {s.weights}: no such file")
+    kw = {"head": s.head, "normalization": s.normalization, "pretrained": s.pretrained,
+          "weights": s.weights}  # fmt: skip
+    if s.backbone == "vgg16_bn" and s.gate_stages in (None, (2, 3)):
+        return ab.attnmel_vgg16(s.num_classes, **kw)
+    return ab.AttentionGatedNet(s.backbone, s.gate_stages or (2, 3), s.num_classes, **kw)
 
 
 def metric_fn_for(dataset: Any, multiclass: bool):
@@ -293,8 +320,8 @@ def jaccard_on(net: ab.AttentionGatedNet, dataset: Any, device: torch.device, ba
     return {f"gate{k}": s / count for k, s in enumerate(sums)} | {"images": count}
 
 
-@cli.script_main
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags, their profile (paper, ``--quick``/synthetic, ``--recipe timm``) and checks."""
     args = build_parser().parse_args(argv)
     synthetic = args.data_root is None
     if synthetic and args.dataset != "isic2017":
@@ -315,45 +342,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             "--roi lesion needs --normalization sigmoid (a softmax map scores Dice ~0)"
         )
-    device, info = cli.setup_device(args.device, args.amp)
-    _, _, task, mel_index, layout = DATASETS[args.dataset]
-    root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
-    cli.check_layout(root, layout, args.dataset.upper())
-    args.out = args.out or cli.default_out_dir(SCRIPT)
-    out = cli.prepare_out_dir(args.out, args.resume, root) if info.is_main else Path(args.out)
-    info.barrier()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return args
 
-    multiclass = args.dataset == "isic2018"
-    num_classes = NUM_CLASSES[args.dataset]
-    torch.manual_seed(args.seed)
-    with cli.reading_weights(args.weights):
-        args.backbone, arch_line = cli.resolve_architecture(args.backbone, args.weights)
-        net = build_model(args, num_classes)
-    mean, std = cli.input_normalization(net)
-    if info.is_main:
-        logging.info("%s; input %s (its pretrained_cfg)", arch_line,
-                     cli.describe_normalization(mean, std))  # fmt: skip
-    if net.load_report is not None and info.is_main:
-        logging.info("backbone weights %s: %s", args.weights, net.load_report)
-    splits = build_datasets(args, root, info, mean, std)
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    sampler = OversamplingSampler(
-        train.labels, repeats={mel_index: args.oversample}, seed=args.seed
-    )
-    dl = {"batch_size": args.batch_size, "num_workers": args.workers}
-    train_loader = DataLoader(
-        train, sampler=sampler, drop_last=len(sampler) > args.batch_size, **dl
-    )
-    val_loader, test_loader = shard_loader(val, info, **dl), shard_loader(test, info, **dl)
 
+def build_training(
+    net: ab.AttentionGatedNet, args: argparse.Namespace, steps_per_epoch: int
+) -> tuple[nn.Module, torch.optim.Optimizer, Any, Any]:
+    """The training model (logits and maps), optimizer, scheduler and loss of ``--recipe`` and
+    ``--roi``."""
     if args.roi == "lesion" and len(net.gates) != len(args.lambdas):
         raise ValueError(
             f"--lambdas needs one weight per gate ({len(net.gates)}), got {args.lambdas}"
         )
     model = WithAttention(net)
     if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
-        optimizer, scheduler = recipes.build_timm_training(net, args, len(train_loader))
+        optimizer, scheduler = recipes.build_timm_training(net, args, steps_per_epoch)
         cls_loss, cls_name = recipes.timm_loss(args.smoothing), "ce"
     else:  # the paper's: SGD (Nesterov), lr / 10 every --lr-step epochs, focal loss
         optimizer = torch.optim.SGD(
@@ -372,64 +375,135 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         reg = dice([m.float() for m in maps], batch["mask"], valid=batch["has_mask"])
         return loss + reg, {cls_name: loss.detach(), "dice": reg.detach()}
 
-    run_config = cli.run_settings(args)
+    return model, optimizer, scheduler, loss_fn
+
+
+def score_test_set(
+    preds, dataset: Any, task: str, args: argparse.Namespace
+) -> tuple[dict, Any, list]:
+    """``metrics.json``'s metrics, and the scores and columns of ``predictions.csv``."""
+    ci = {"bootstrap": args.bootstrap, "seed": args.ci_seed}
+    if args.dataset == "isic2018":
+        metrics = multiclass_metrics(preds.targets, preds.probs, dataset.class_names, **ci)
+        return metrics, preds.probs, list(dataset.csv_columns)
+    metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1], **ci)}
+    metrics["mean_auc"] = metrics[task]["auc"]
+    if args.bootstrap:
+        metrics["mean_auc_ci"] = metrics[task]["auc_ci"]
+        metrics["auc_ci_method"] = ci_method(args.bootstrap, args.ci_seed)
+    return metrics, preds.probs[:, 1:], [dataset.csv_columns[0]]
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """What :func:`attention_figure` draws: ``images`` test images, the gates named ``gate_names``
+    (index -> name; others are "gate k")."""
+
+    images: int
+    gate_names: Mapping[int, str]
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+
+
+def attention_figure(
+    net: ab.AttentionGatedNet, test: Any, device: torch.device, path: Path, settings: FigureSettings
+) -> Path:
+    """The gates' maps (and the lesion masks, when the test images have them) over test images."""
+    x, masks, has, ids, maps = attention_outputs(net, test, device, settings.images)
+    names = settings.gate_names
+    over = {f"{names.get(k, f'gate {k}')} attention": ab.overlay_maps(m, x.shape[-2:])
+            for k, m in enumerate(maps)}  # fmt: skip
+    if has.any():  # the shared ISIC 2017 test set comes without masks
+        over["lesion mask"] = masks.float()
+    return plots.save_overlays(plots.denormalize(x, settings.mean, settings.std), over, path, ids)
+
+
+@cli.script_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    # flags and the run folder
+    args = parse_args(argv)
+    synthetic = args.data_root is None
+    device, dist_info = cli.setup_device(args.device, args.amp)
+    _, _, task, mel_index, expected = DATASETS[args.dataset]
+    root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
+    layout.check_layout(root, expected, args.dataset.upper())
+    args.out = args.out or cli.default_out_dir(SCRIPT)
+    out = cli.prepare_out_dir(args.out, args.resume, root) if dist_info.is_main else Path(args.out)
+    dist_info.barrier()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    # the model first: the data is normalised as its weights' pretrained_cfg says
+    multiclass = args.dataset == "isic2018"
+    torch.manual_seed(args.seed)
+    with weights.reading_weights(args.weights):
+        args.backbone, arch_line = weights.resolve_architecture(args.backbone, args.weights)
+        net = build_model(ModelSettings.from_args(args, NUM_CLASSES[args.dataset]))
+    mean, std = weights.input_normalization(net)
+    if dist_info.is_main:
+        logging.info("%s; input %s (its pretrained_cfg)", arch_line,
+                     weights.describe_normalization(mean, std))  # fmt: skip
+    if net.load_report is not None and dist_info.is_main:
+        logging.info("backbone weights %s: %s", args.weights, net.load_report)
+
+    # data
+    splits = build_datasets(args, root, dist_info, mean, std)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    sampler = OversamplingSampler(
+        train.labels, repeats={mel_index: args.oversample}, seed=args.seed
+    )
+    dl = {"batch_size": args.batch_size, "num_workers": args.workers}
+    train_loader = DataLoader(
+        train, sampler=sampler, drop_last=len(sampler) > args.batch_size, **dl
+    )
+    val_loader = shard_loader(val, dist_info, **dl)
+    test_loader = shard_loader(test, dist_info, **dl)
+
+    # training
+    model, optimizer, scheduler, loss_fn = build_training(net, args, len(train_loader))
     trainer = Trainer(
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
         metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
-        patience=args.patience, run_config=run_config, dist_info=info, progress=args.progress,
-        ema_decay=args.ema_decay or None,
+        patience=args.patience, run_config=cli.resume_settings(args), dist_info=dist_info,
+        progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
-    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
-        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
-    if info.is_main:
-        cli.save_config(out, args, data_root=str(root), synthetic=synthetic,
+    if dist_info.is_main:
+        cli.save_config(out, args, device, data_root=str(root), synthetic=synthetic,
                         datasets={k: v.summary() for k, v in splits.items()},
-                        world_size=info.world_size,
+                        world_size=dist_info.world_size,
                         input_normalization={"mean": mean, "std": std})  # fmt: skip
         print(f"{SCRIPT}: {args.backbone} ({args.head}, roi {args.roi}) on {args.dataset}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
-
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
+
+    # evaluation on the test set with the best epoch's weights
     best_epoch = trainer.load_best()
     preds = trainer.predict(test_loader, desc="test")
-    ci = {"bootstrap": args.bootstrap, "seed": args.ci_seed}
-    if multiclass:
-        metrics = multiclass_metrics(preds.targets, preds.probs, train.class_names, **ci)
-        scores, columns = preds.probs, list(train.csv_columns)
-    else:
-        metrics = {task: binary_metrics(preds.targets, preds.probs[:, 1], **ci)}
-        metrics["mean_auc"] = metrics[task]["auc"]
-        if args.bootstrap:
-            metrics["mean_auc_ci"] = metrics[task]["auc_ci"]
-            metrics["auc_ci_method"] = ci_method(args.bootstrap, args.ci_seed)
-        scores, columns = preds.probs[:, 1:], [train.csv_columns[0]]
-    if info.is_main:
+    metrics, scores, columns = score_test_set(preds, train, task, args)
+
+    # outputs
+    if dist_info.is_main:
         if net.gates:
             metrics["attention_jaccard"] = {
                 split: jaccard_on(net, ds, device, args.batch_size)
                 for split, ds in (("val", val), ("test", test))
             }
-        cli.write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
         write_predictions_csv(
             out / "predictions.csv", preds.ids, scores, columns, test.csv_id_column
         )
-        plots = out / "plots"
-        viz.plot_curves(history, plots / "curves.png")
+        figures = out / "plots"
+        plots.plot_curves(history, figures / "curves.png")
         if multiclass:
-            viz.plot_confusion(
-                metrics["confusion_matrix"], train.class_names, plots / "confusion.png"
+            plots.plot_confusion(
+                metrics["confusion_matrix"], train.class_names, figures / "confusion.png"
             )
         if net.gates:
-            x, masks, has, ids, maps = attention_outputs(net, test, device, args.overlay_images)
-            names = {0: "pool-3", 1: "pool-4"} if args.backbone == "vgg16_bn" else {}
-            over = {f"{names.get(k, f'gate {k}')} attention": ab.overlay_maps(m, x.shape[-2:])
-                    for k, m in enumerate(maps)}  # fmt: skip
-            if has.any():  # the shared ISIC 2017 test set comes without masks
-                over["lesion mask"] = masks.float()
-            images = viz.denormalize(x, mean, std)
-            viz.save_overlays(images, over, plots / "attention.png", ids)
+            vgg = args.backbone == "vgg16_bn"
+            names = {0: "pool-3", 1: "pool-4"} if vgg else {}
+            figure = FigureSettings(args.overlay_images, names, mean, std)
+            attention_figure(net, test, device, figures / "attention.png", figure)
         title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
         if multiclass:
             print(report.format_multiclass_table(metrics, title))
@@ -443,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
         print(f"metrics:     {out / 'metrics.json'}")
         print(f"predictions: {out / 'predictions.csv'}")
-        print(f"plots:       {plots}/ ({', '.join(sorted(p.name for p in plots.glob('*.png')))})")
+        print(
+            f"plots:       {figures}/ ({', '.join(sorted(p.name for p in figures.glob('*.png')))})"
+        )
     return metrics
 
 

@@ -9,18 +9,21 @@ data and metrics (importable from the repository root: ``from examples.isic impo
   pieces -- central patches, 9 test views, AttnMel crops, rot90).
 - ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
 - ``synthetic``: :func:`make_synthetic_isic2017`, :func:`default_synthetic_root`.
-- ``metrics``: binary / ISIC 2017 / multi-class metrics, bootstrap AUC intervals, sensitivity at
-  fixed specificities, attention Jaccard, prediction CSVs.
-- ``recipes``: ``--recipe paper|timm``, the papers' protocols or timm's fine-tuning utilities.
+- ``eval``: binary / ISIC 2017 / multi-class metrics, bootstrap AUC intervals, sensitivity at
+  fixed specificities, attention Jaccard, prediction CSVs, the printed tables and the plots.
+- ``train``: the :class:`~examples.isic.train.Trainer`, checkpoints, ``torchrun`` helpers and
+  ``--recipe paper|timm``.
+- ``cli``: the common flags, the run folder, the device; ``weights``: weights files and input
+  normalisation; ``layout``: the data folder's official layout.
 """
 
 from .cache import ImageReadError, ResizedImageCache, load_image, load_mask
 from .data import ISIC2017_TASKS, ISIC2016Dataset, ISIC2017Dataset, ISIC2018Dataset, ISICDataset
-from .metrics import (
+from .eval import (
     attention_jaccard,
     binary_metrics,
     isic2017_metrics,
-    isic2017_scores_from_3class,
+    isic2017_scores,
     multiclass_metrics,
     write_predictions_csv,
 )
@@ -81,7 +84,7 @@ __all__ = [
     "get_or_make_split",
     "gray_world",
     "isic2017_metrics",
-    "isic2017_scores_from_3class",
+    "isic2017_scores",
     "lesion_split",
     "load_image",
     "load_mask",

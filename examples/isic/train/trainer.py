@@ -15,14 +15,15 @@ Determinism: every epoch starts by seeding python, numpy and torch from ``(seed,
 ``set_epoch`` on the train sampler, so a run resumed from ``last.pt`` replays the same batches and
 augmentations and (on CPU) ends with the same weights as an uninterrupted run.
 
-The device, precision and prediction helpers (:func:`autocast`, :func:`move_to`, :func:`predict`, ...)
-live in :mod:`examples.isic.runtime` and are re-exported here; saving and resuming checkpoints lives
-in :mod:`examples.isic.checkpointing`.
+Scoring a loader (:func:`~examples.isic.train.predict.predict`) lives in
+:mod:`examples.isic.train.predict`, saving and resuming checkpoints in
+:mod:`examples.isic.train.checkpointing`, ``log.csv`` and TensorBoard in
+:mod:`examples.isic.train.run_log`; the device, autocast and atomic writes come from
+:mod:`examples.run`.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -34,35 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.run import atomic_save, autocast, check_amp, seed_everything
+
 from .checkpointing import CheckpointMixin, unwrap_model
 from .distributed import DistInfo, broadcast_buffers, reduce_sum
-from .runtime import (
-    AMP_DTYPES,
-    NonFiniteError,
-    OutputWriteError,
-    Predictions,
-    atomic_save,
-    autocast,
-    default_forward,
-    move_to,
-    predict,
-    seed_everything,
-    softmax_probs,
-)
+from .predict import NonFiniteError, Predictions, default_forward, move_to, predict, softmax_probs
+from .run_log import RunLog
 
-__all__ = [
-    "AMP_DTYPES",
-    "NonFiniteError",
-    "NonFiniteLossError",
-    "OutputWriteError",
-    "Predictions",
-    "Trainer",
-    "atomic_save",
-    "autocast",
-    "move_to",
-    "predict",
-    "seed_everything",
-]
+__all__ = ["NonFiniteLossError", "Trainer"]
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]
 LossFn = Callable[[dict, Any, nn.Module], LossOutput]
@@ -77,8 +57,8 @@ class NonFiniteLossError(NonFiniteError):
 class Trainer(CheckpointMixin):
     """Epoch loop with validation, logging, checkpoints, early stopping and resumption.
 
-    Saving and resuming (``state_dict``, ``check_config``, ``load_checkpoint``, ``load_best`` and
-    ``resume_ignore``) come from :class:`~examples.isic.checkpointing.CheckpointMixin`.
+    Saving and resuming (``state_dict``, ``check_config``, ``restore_training_state`` and
+    ``load_best``) come from :class:`~examples.isic.train.checkpointing.CheckpointMixin`.
 
     Args:
         model: the network (on any device; moved to ``device``).
@@ -102,9 +82,11 @@ class Trainer(CheckpointMixin):
         patience: stop after this many epochs without improvement of ``monitor`` (None: never).
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         epoch_log: ``epoch_log(model) -> {name: value}`` extra columns per epoch (e.g. ARL alphas).
-        run_config: settings stored in every checkpoint; ``resume`` refuses a checkpoint whose
-            values differ on any key not listed in ``resume_ignore``.
-        dist_info: rank/world of this process (see :func:`~examples.isic.distributed.init_distributed`).
+        run_config: the settings a resumed run must share with its checkpoint (``{name: value}``,
+            chosen by the caller), stored in every checkpoint; ``resume`` refuses a checkpoint
+            whose values differ on any of them.
+        dist_info: rank/world of this process (see
+            :func:`~examples.isic.train.distributed.init_distributed`).
         progress: show tqdm bars (rank 0 only).
         ema_decay: keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``
             with its warm-up, decay capped at this value), updated after every optimizer step.
@@ -137,17 +119,14 @@ class Trainer(CheckpointMixin):
         progress: bool = True,
         ema_decay: float | None = None,
     ) -> None:
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-        if amp == "fp16" and device.type != "cuda":
-            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
+        check_amp(amp, device)
         self.device, self.amp, self.channels_last = device, amp, channels_last
-        self.dist = dist_info or DistInfo()
+        self.dist_info = dist_info or DistInfo()
         self.module = model.to(device)
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         train_model: nn.Module = self.module
-        if self.dist.enabled:
+        if self.dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = (
@@ -181,7 +160,7 @@ class Trainer(CheckpointMixin):
         self.saved_epoch: int | None = None  # epoch of the last checkpoint written or loaded
         self._epoch: int | None = None  # the epoch being trained, for error messages
         self._steps = 0  # training steps of the last epoch
-        self._tb = None
+        self.run_log = RunLog(self.out_dir)
 
     def _divergence_help(self) -> str:
         """Where the last good weights are and what to try, for a divergence message."""
@@ -224,7 +203,7 @@ class Trainer(CheckpointMixin):
             loader,
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not (self.progress and self.dist.is_main),
+            disable=not (self.progress and self.dist_info.is_main),
         )
         for step, batch in enumerate(bar):
             batch = move_to(batch, self.device, self.channels_last)
@@ -233,8 +212,8 @@ class Trainer(CheckpointMixin):
                 output = self.forward(self.model, batch)
                 loss, values = self._loss(batch, output)
             finite = float(math.isfinite(values["loss"]))
-            if self.dist.enabled:
-                finite = reduce_sum([finite], self.dist)[0] / self.dist.world_size
+            if self.dist_info.enabled:
+                finite = reduce_sum([finite], self.dist_info)[0] / self.dist_info.world_size
             if finite < 1:
                 parts = {k: v for k, v in values.items() if k != "loss"}
                 raise NonFiniteLossError(
@@ -259,11 +238,11 @@ class Trainer(CheckpointMixin):
                 totals[k] = totals.get(k, 0.0) + v * n
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
-        broadcast_buffers(self.module, self.dist)  # validate and save one model on every rank
+        broadcast_buffers(self.module, self.dist_info)  # validate and save one model on every rank
         if self.ema is not None:
-            broadcast_buffers(self.ema.module, self.dist)
+            broadcast_buffers(self.ema.module, self.dist_info)
         keys = sorted(totals)
-        summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist)
+        summed = reduce_sum([totals[k] for k in keys] + [float(seen)], self.dist_info)
         if summed[-1] == 0:
             size = getattr(loader, "batch_size", None)
             why = f" (batch size {size}, fewer training images than that?)" if size else ""
@@ -286,7 +265,7 @@ class Trainer(CheckpointMixin):
         return preds, metrics
 
     def predict(self, loader: Iterable[dict], desc: str = "test") -> Predictions:
-        """:func:`~examples.isic.runtime.predict` with this trainer's settings; non-finite
+        """:func:`~examples.isic.train.predict.predict` with this trainer's settings; non-finite
         predictions raise :class:`NonFiniteError` naming the epoch and the last good checkpoint."""
         try:
             return self._predict(loader, desc)
@@ -315,7 +294,7 @@ class Trainer(CheckpointMixin):
             to_probs=self.to_probs,
             amp=self.amp,
             channels_last=self.channels_last,
-            dist_info=self.dist,
+            dist_info=self.dist_info,
             progress=self.progress,
             desc=desc,
         )
@@ -336,10 +315,10 @@ class Trainer(CheckpointMixin):
         ``patience`` epochs without improvement. Returns the history (one dict per epoch).
         """
         if resume:
-            self.load_checkpoint(self.ckpt_dir / "last.pt")
+            self.restore_training_state(self.ckpt_dir / "last.pt")
             self.saved_epoch = self.start_epoch - 1
-            if self.dist.is_main and self.history:  # log.csv may be ahead of or behind last.pt
-                self._write_log_csv()
+            if self.dist_info.is_main and self.history:  # log.csv may be ahead of or behind last.pt
+                self.run_log.write_csv(self.history)
         if self.patience is not None and self.bad_epochs >= self.patience:
             return self.history
         for epoch in range(self.start_epoch, epochs):
@@ -370,7 +349,7 @@ class Trainer(CheckpointMixin):
                 self.bad_epochs += 1
             row["best"] = improved
             self.history.append(row)
-            if self.dist.is_main:
+            if self.dist_info.is_main:
                 # checkpoints first (best before last: last.pt never names a best epoch that
                 # best.pt lacks), then the log: log.csv never runs ahead of last.pt
                 state = self.state_dict(epoch)
@@ -378,46 +357,12 @@ class Trainer(CheckpointMixin):
                     atomic_save(state, self.ckpt_dir / "best.pt")
                 atomic_save(state, self.ckpt_dir / "last.pt")
                 self.saved_epoch = epoch
-                self._log(row)
-            self.dist.barrier()
+                self.run_log.add_row(self.history)
+            self.dist_info.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
             if self.patience is not None and self.bad_epochs >= self.patience:
                 break
         self._epoch = None
-        if self._tb is not None:
-            self._tb.flush()
+        self.run_log.flush()
         return self.history
-
-    def _write_log_csv(self) -> None:
-        """Rewrite ``log.csv`` (atomically) with every epoch of the history."""
-        columns: list[str] = []
-        for r in self.history:
-            columns += [k for k in r if k not in columns]
-        tmp = self.out_dir / f".log.csv.tmp{os.getpid()}"
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(self.history)
-            os.replace(tmp, self.out_dir / "log.csv")
-        except OSError as err:
-            raise OutputWriteError(
-                f"cannot write {self.out_dir / 'log.csv'}: {err.strerror or err}"
-            ) from err
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
-    def _log(self, row: dict[str, Any]) -> None:
-        """Rewrite ``log.csv`` with every epoch so far, and add TensorBoard scalars."""
-        self._write_log_csv()
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out_dir / "tb"))
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool):
-                self._tb.add_scalar(k, v, row["epoch"])
-        self._tb.flush()

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from examples.run import atomic_path
+
 __all__ = ["denormalize", "plot_alphas", "plot_confusion", "plot_curves", "save_overlays"]
 
 
@@ -29,16 +31,13 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` atomically (a failed write, e.g. a full disk, leaves no partial file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         _plt().close(fig)
-        if tmp.exists():  # a failed write (full disk) leaves no temporary file behind
-            tmp.unlink()
     return path
 
 

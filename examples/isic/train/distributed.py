@@ -88,17 +88,17 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def shard_loader(dataset: Dataset, info: DistInfo, **loader_kw: Any) -> DataLoader:
+def shard_loader(dataset: Dataset, dist_info: DistInfo, **loader_kw: Any) -> DataLoader:
     """An evaluation loader over this rank's :class:`ShardSampler` share of ``dataset``."""
-    sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)
     return DataLoader(dataset, sampler=sampler, **loader_kw)
 
 
-def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+def all_gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
     """Gather one picklable object per rank (a list of ``world_size`` objects, rank order)."""
-    if not info.enabled:
+    if not dist_info.enabled:
         return [obj]
-    out: list[Any] = [None] * info.world_size
+    out: list[Any] = [None] * dist_info.world_size
     dist.all_gather_object(out, obj)
     return out
 
@@ -110,22 +110,22 @@ def unshard(pieces: list[list[Any]]) -> list[Any]:
     return [pieces[i % world][i // world] for i in range(total)]
 
 
-def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+def broadcast_buffers(module: torch.nn.Module, dist_info: DistInfo) -> None:
     """Give every rank rank 0's buffers (e.g. BatchNorm running statistics).
 
     DDP broadcasts them at the start of each training forward only, so after the last step of an
     epoch every rank holds the statistics of its own batches; evaluation needs one model.
     """
-    if info.enabled:
+    if dist_info.enabled:
         for buf in module.buffers():
             dist.broadcast(buf, src=0)
 
 
-def reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+def reduce_sum(values: list[float], dist_info: DistInfo) -> list[float]:
     """Sum a short list of floats over all ranks (identity for a world of one)."""
-    if not info.enabled:
+    if not dist_info.enabled:
         return list(values)
-    device = f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu"
+    device = f"cuda:{dist_info.local_rank}" if dist_info.backend == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()

@@ -1,10 +1,8 @@
 """Turning predictions into the papers' tables: metric functions for the engine, the printed table
 and ``OUT/metrics.json``.
 
-- :func:`isic2017_scores`: ``(N, K)`` class probabilities of one of the ISIC 2017 set-ups
-  (binary task or 3-class) -> official ``(N, T)`` task scores and ``(N, T)`` 0/1 truth.
-- :func:`isic2017_metric_fn`: the engine's ``metric_fn`` for those set-ups (flat dict, with
-  ``mean_auc``).
+- :func:`isic2017_metric_fn`: the engine's ``metric_fn`` for the ISIC 2017 set-ups (binary task
+  or 3-class; flat dict, with ``mean_auc``).
 - :func:`flatten_metrics`: ``{"melanoma": {"auc": ..}}`` -> ``{"melanoma_auc": ..}``.
 - :func:`format_table`: the ARL paper's Table III layout (AUC, ACC, SEN, SPE per task, plus AP).
 """
@@ -16,50 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import isic2017_metrics
+from .metrics import isic2017_metrics, isic2017_scores, isic2017_tasks
 
 __all__ = [
     "flatten_metrics",
     "format_multiclass_table",
     "format_table",
     "isic2017_metric_fn",
-    "isic2017_scores",
-    "isic2017_tasks",
 ]
-
-ISIC2017_COLUMNS = ("melanoma", "seborrheic_keratosis")
-
-
-def isic2017_tasks(task: str) -> tuple[str, ...]:
-    """The official task columns a dataset ``task`` is scored on."""
-    if task in ("both", "3class"):
-        return ISIC2017_COLUMNS
-    if task in ISIC2017_COLUMNS:
-        return (task,)
-    raise ValueError(
-        f"unknown ISIC 2017 task {task!r}; expected melanoma, seborrheic_keratosis, both"
-    )
-
-
-def isic2017_scores(
-    probs: np.ndarray, targets: np.ndarray, task: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Task scores and truth ``(N, T)`` from class probabilities and dataset labels.
-
-    ``task="3class"`` (or ``"both"``): probabilities over (nevus, melanoma, seborrheic keratosis),
-    labels 0/1/2 -> columns (melanoma, seborrheic keratosis). A binary task: probabilities over
-    (other, task), labels 0/1 -> one column, ``p(task)``.
-    """
-    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
-    if task in ("both", "3class"):
-        if probs.ndim != 2 or probs.shape[1] != 3:
-            raise ValueError(f"task {task!r} needs (N, 3) probabilities, got {probs.shape}")
-        truth = np.stack([targets == 1, targets == 2], axis=1).astype(np.float64)
-        return probs[:, 1:3], truth
-    isic2017_tasks(task)
-    if probs.ndim != 2 or probs.shape[1] != 2:
-        raise ValueError(f"binary task {task!r} needs (N, 2) probabilities, got {probs.shape}")
-    return probs[:, 1:2], targets.reshape(-1, 1).astype(np.float64)
 
 
 def isic2017_metric_fn(

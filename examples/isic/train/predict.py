@@ -1,98 +1,39 @@
-"""Device, precision, seeding, atomic saving and prediction helpers of the ISIC training engine.
+"""Scoring a model over a loader: probabilities, targets and ids in dataset order.
 
-- :func:`autocast` / ``AMP_DTYPES``: the autocast context for ``--amp none|bf16|fp16``.
+- :func:`predict`: the model over a loader, views averaged, gathered in dataset order under DDP;
+  non-finite predictions raise :class:`NonFiniteError`.
 - :func:`move_to`: a (nested) batch to a device, 4-D float tensors optionally channels_last.
-- :func:`seed_everything`, :func:`atomic_save`.
-- :func:`predict`: probabilities, targets and ids of a model over a loader, views averaged, gathered
-  in dataset order under DDP.
+- :func:`default_forward`, :func:`softmax_probs`: the default forward pass and its probabilities.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import random
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from examples.run import RunError, autocast
+
 from .distributed import DistInfo, all_gather_objects, unshard
 
 __all__ = [
-    "AMP_DTYPES",
     "NonFiniteError",
-    "OutputWriteError",
-    "RunError",
     "Predictions",
-    "atomic_save",
-    "autocast",
     "default_forward",
     "move_to",
     "predict",
-    "seed_everything",
     "softmax_probs",
 ]
 
 ForwardFn = Callable[[nn.Module, dict], Any]
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "none": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on for a reason outside the code (the scripts print it as one
-    ``error:`` line and exit with code 2)."""
-
 
 class NonFiniteError(RunError):
     """A NaN or infinite loss or prediction: training diverged."""
-
-
-class OutputWriteError(RunError):
-    """An output file (checkpoint, log) could not be written: full disk, no permission, ..."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``.
-
-    A failed write (full disk, no permission) leaves ``path`` as it was and raises
-    :class:`OutputWriteError` naming it.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a short write as a RuntimeError
-        if isinstance(err, OSError):
-            reason = err.strerror or str(err)
-            full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        else:
-            reason, full = str(err).strip().splitlines()[0] if str(err).strip() else "", True
-        raise OutputWriteError(
-            f"cannot write {path}: {reason}{' (is the disk full?)' if full else ''}; the previous "
-            f"{path.name}, if any, is intact"
-        ) from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -107,16 +48,6 @@ def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(move_to(v, device, channels_last) for v in obj)
     return obj
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context for ``amp`` in ``AMP_DTYPES`` (a no-op context for ``"none"``)."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def default_forward(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -161,16 +92,16 @@ def predict(
 
     Images of shape (N, V, C, H, W) are V views of each sample (e.g. the 9 test patches of ARL):
     they are scored as N*V images and the probabilities averaged over V. Under DDP, give the loader
-    a :class:`~examples.isic.distributed.ShardSampler`; the pieces of every rank are gathered and put
+    a :class:`~examples.isic.train.distributed.ShardSampler`; the pieces of every rank are gathered and put
     back in dataset order, so nothing is counted twice.
     """
     from tqdm.auto import tqdm
 
-    info = dist_info or DistInfo()
+    dist_info = dist_info or DistInfo()
     was_training = model.training
     model.eval()
     probs, targets, ids = [], [], []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main))
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and dist_info.is_main))
     for batch in bar:
         image = batch["image"]
         n, views = image.shape[0], image.shape[1] if image.ndim == 5 else 1
@@ -186,7 +117,7 @@ def predict(
         local = (torch.cat(probs).cpu().double().numpy(), torch.cat(targets).cpu().numpy(), ids)
     else:  # a rank whose shard is empty
         local = (np.zeros((0, 0)), np.zeros(0), ids)
-    pieces = all_gather_objects(local, info)
+    pieces = all_gather_objects(local, dist_info)
     sizes = [len(piece[2]) for piece in pieces]
     if not sum(sizes):
         raise ValueError("predict: the loader yielded no samples")

@@ -1,12 +1,15 @@
 """Checkpoints of the ISIC training engine: what they hold, how a run resumes from one.
 
 A checkpoint (``last.pt`` every epoch, ``best.pt`` on improvement, both written with
-:func:`~examples.isic.runtime.atomic_save`) holds the model, optimizer, scheduler and GradScaler
-states, the optimizer step count and the EMA weights (when the run keeps an EMA), the epoch, the early-stopping state, the history, the run's settings and the python, numpy,
-torch and CUDA RNG states, so that a resumed run replays exactly what an uninterrupted one would.
+:func:`examples.run.atomic_save`) holds the model, optimizer, scheduler and GradScaler states, the
+optimizer step count and the EMA weights (when the run keeps an EMA), the epoch, the
+early-stopping state, the history, the settings that must match on resume (``run_config``) and the
+python, numpy, torch and CUDA RNG states, so that a resumed run replays exactly what an
+uninterrupted one would.
 
-:class:`CheckpointMixin` gives :class:`~examples.isic.engine.Trainer` its ``state_dict``,
-``check_config``, ``load_checkpoint`` and ``load_best`` methods.
+:class:`CheckpointMixin` gives :class:`~examples.isic.train.trainer.Trainer` its ``state_dict``,
+``check_config``, ``restore_training_state`` and ``load_best`` methods. (Loading a network's
+*weights* only is :func:`attnblocks.load_checkpoint`.)
 """
 
 from __future__ import annotations
@@ -60,15 +63,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def config_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] | set[str]
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: frozenset[str] | set[str] = frozenset(),
 ) -> list[str]:
-    """Sorted keys, outside ``ignore``, on which two run configurations differ.
+    """Sorted keys of ``current``, outside ``ignore``, on which ``saved`` differs.
 
-    A key missing on one side counts as a difference, except a key that ``saved`` lacks while
-    ``current`` holds ``None`` or ``False`` there: a flag added after the checkpoint was written,
-    left at its default, does not make the checkpoint another configuration.
+    ``current`` names the settings that must match (the run's ``resume_config``); what else
+    ``saved`` holds does not count. A key that ``saved`` lacks while ``current`` holds ``None`` or
+    ``False`` there (or its :data:`ADDED_DEFAULTS` value) is no difference either: a setting added
+    after the checkpoint was written, left at its default, does not make the checkpoint another
+    configuration.
     """
-    keys = (set(saved) | set(current)) - set(ignore)
+    keys = set(current) - set(ignore)
     new_defaults = {
         k
         for k in set(current) - set(saved)
@@ -84,25 +91,10 @@ class CheckpointMixin:
     None), ``scaler``, ``start_epoch``, ``best_metric``, ``best_epoch``, ``bad_epochs``,
     ``history``, ``run_config`` and ``ckpt_dir``.
 
-    Attributes:
-        resume_ignore: ``run_config`` keys that may differ between a checkpoint and the run that
-            resumes from it (where the run writes, how long it trains, how it loads data).
+    ``run_config`` holds the settings a resumed run must share with its checkpoint (the script
+    chooses them: what the network, the data and the optimisation are, not where the run writes or
+    how long it trains).
     """
-
-    resume_ignore: frozenset[str] = frozenset(
-        {
-            "epochs",
-            "resume",
-            "out",
-            "workers",
-            "device",
-            "progress",
-            "data_root",
-            "patience",
-            "bootstrap",
-            "ci_seed",
-        }
-    )
 
     module: nn.Module
     optimizer: torch.optim.Optimizer
@@ -143,14 +135,14 @@ class CheckpointMixin:
 
     def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
         """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
-        diff = config_differences(saved, self.run_config, self.resume_ignore)
+        diff = config_differences(saved, self.run_config)
         if diff:
             lines = ", ".join(
                 f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff
             )
             raise ValueError(f"--resume: {path} comes from another configuration ({lines})")
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
+    def restore_training_state(self, path: str | os.PathLike) -> None:
         """Restore everything :meth:`state_dict` saved; training continues at the next epoch."""
         path = Path(path)
         state = read_checkpoint(path, "--resume")
