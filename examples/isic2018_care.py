@@ -30,6 +30,7 @@ import math
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,40 +46,42 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnblocks as ab
-from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights, recipes
-from examples.isic.checkpointing import config_differences, read_checkpoint
+from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
 from examples.isic.cli import (
     add_common_args,
     check_common_args,
     check_numbers,
     default_out_dir,
-    describe_normalization,
-    input_normalization,
     prepare_out_dir,
-    reading_weights,
-    resolve_architecture,
     resolve_profile,
+    resume_settings,
     run_cli,
-    run_settings,
     save_config,
     script_main,
     setup_device,
-    write_json,
-    write_skipped,
 )
-from examples.isic.distributed import shard_loader
-from examples.isic.engine import Trainer, atomic_save
-from examples.isic.metrics import multiclass_metrics, write_predictions_csv
-from examples.isic.report import flatten_metrics, format_multiclass_table
+from examples.isic.eval import multiclass_metrics, write_predictions_csv
+from examples.isic.eval.plots import denormalize, plot_confusion, plot_curves, save_overlays
+from examples.isic.eval.report import flatten_metrics, format_multiclass_table
+from examples.isic.layout import write_skipped
 from examples.isic.synthetic2018 import default_synthetic2018_root
+from examples.isic.train import Trainer, read_checkpoint, recipes, shard_loader
+from examples.isic.train.checkpointing import config_differences
 from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
-from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
+from examples.isic.weights import (
+    describe_normalization,
+    input_normalization,
+    reading_weights,
+    resolve_architecture,
+)
+from examples.run import atomic_save, write_json
 
 CLASSES = ISIC2018Dataset.class_names
 PAPER = {"epochs": 20, "stage1_epochs": 10, "batch_size": 32, "image_size": 224, "lr": 1e-3,
          "weight_decay": 1e-4}  # fmt: skip
 QUICK = {"epochs": 2, "stage1_epochs": 1, "batch_size": 16, "image_size": 64, "lr": 1e-3}
 SAMPLERS = {"uniform": 0.0, "sqrt": 0.5, "balanced": 1.0}  # class weight power
+# settings a run started from another run's stage 1 (--stage1-from) may change: stage 2's
 STAGE2_KEYS = {"no_care", "tau", "mix", "outer", "boxes", "box_margin", "stage1_from", "clip_boxes"}
 
 
@@ -217,28 +220,92 @@ class BoxedISIC(Dataset):
         }
 
 
-def build_model(args: argparse.Namespace) -> nn.Module:
-    model = timm.create_model(
-        args.arch, pretrained=args.weights == "timm", num_classes=len(CLASSES)
-    )
-    if args.weights not in ("none", "timm"):
-        state, layout = ab.convert_state_dict(ab.read_state_dict(args.weights), model)
-        own = model.state_dict()
-        head = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
-        missing, _ = model.load_state_dict(
-            {k: v for k, v in state.items() if k not in head}, strict=False
-        )
-        if set(missing) - head - {k for k in own if k.startswith(model.default_cfg["classifier"])}:
-            raise ValueError(f"--weights {args.weights} ({layout} layout) lacks {missing[:5]}")
+@dataclass(frozen=True)
+class ModelSettings:
+    """What :func:`build_model` builds: timm's ``arch`` with ``num_classes`` outputs, from
+    ``weights`` (``"none"``, ``"timm"``: timm's ImageNet weights, or a local file)."""
+
+    arch: str
+    num_classes: int = len(CLASSES)
+    weights: str = "none"
+
+    @property
+    def local_weights(self) -> str | None:
+        """The local weights file, if any."""
+        return None if self.weights in ("none", "timm") else self.weights
+
+
+def build_model(settings: ModelSettings) -> nn.Module:
+    """The plain timm network (CARE adds nothing to it); local weights load through
+    :func:`attnblocks.load_backbone_weights` (timm or EfficientNet-PyTorch layout; the classifier
+    is re-initialised)."""
+    s = settings
+    model = timm.create_model(s.arch, pretrained=s.weights == "timm", num_classes=s.num_classes)
+    if s.local_weights is not None:
+        report = ab.load_backbone_weights(model, s.local_weights, strict=False)
+        head = model.default_cfg["classifier"]
+        missing = [k for k in report.missing if not k.startswith(head)]
+        if missing:
+            raise ValueError(f"--weights {report.path} lacks {missing[:5]}")
     return model
 
 
-def target_layer(model: nn.Module, name: str) -> str:
+def cam_target_layer(model: nn.Module, name: str) -> str:
+    """The Grad-CAM layer of ``--target-layer``: ``auto`` is the library's default
+    (:func:`attnblocks.gradcam.default_target_layer`, the last feature stage), except on a timm
+    EfficientNet, whose last convolution map is ``bn2`` (after ``conv_head``), past the last
+    feature stage ``blocks.6``."""
     if name != "auto":
         return name
-    if hasattr(model, "conv_head") and hasattr(model, "bn2"):  # timm EfficientNet: last conv map
+    if hasattr(model, "conv_head") and hasattr(model, "bn2"):
         return "bn2"
     return ab.gradcam.default_target_layer(model)
+
+
+class CareSchedule:
+    """CARE's two stages. Stage 1 (epochs ``< stage1_epochs``) trains with cross-entropy only;
+    stage 2 turns ``care``'s term on (unless ``use_care`` is False: the baseline). ``best.pt`` is
+    chosen among the stage-2 epochs by validation balanced accuracy: the ``select`` metric is NaN
+    in stage 1.
+
+    The trainer calls :meth:`metric_fn` (validation), :meth:`log_columns` (the log's ``stage`` and
+    ``care_enabled``) and :meth:`on_epoch_end` (prints the epoch, starts the next one).
+    """
+
+    def __init__(
+        self, care: ab.CARE, stage1_epochs: int, use_care: bool, rare: Sequence[int], verbose: bool
+    ) -> None:
+        self.care, self.stage1_epochs, self.use_care = care, stage1_epochs, use_care
+        self.rare, self.verbose = list(rare), verbose
+        self.epoch = 0
+        self.start(0)
+
+    @property
+    def stage(self) -> int:
+        """1 or 2: the stage of the epoch being trained."""
+        return 2 if self.epoch >= self.stage1_epochs else 1
+
+    def start(self, epoch: int) -> None:
+        """Begin ``epoch``: the CARE term is on in stage 2 of a CARE run."""
+        self.epoch = epoch
+        self.care.enabled = self.stage == 2 and self.use_care
+
+    def metric_fn(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        m = flatten_metrics(multiclass_metrics(targets, probs, CLASSES))
+        m["select"] = m["balanced_accuracy"] if self.stage == 2 else math.nan
+        return m
+
+    def log_columns(self, _model: nn.Module) -> dict[str, float]:
+        return {"stage": self.stage, "care_enabled": float(self.care.enabled)}
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        if self.verbose:
+            rare = " ".join(f"{CLASSES[c]} {row[f'val_per_class_{CLASSES[c]}_recall']:.3f}"
+                            for c in self.rare)  # fmt: skip
+            print(f"epoch {epoch} (stage {row['stage']}): loss {row['train_loss']:.4f} "
+                  f"care {row.get('train_care', 0):.4f} "
+                  f"val bal.acc {row['val_balanced_accuracy']:.4f} rare recall {rare}")  # fmt: skip
+        self.start(epoch + 1)
 
 
 def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
@@ -280,9 +347,7 @@ def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, 
             f"--stage1-from: {src} is at epoch {state['epoch']}, not at the end of stage 1 "
             f"(epoch {args.stage1_epochs - 1})"
         )
-    diff = config_differences(
-        state.get("run_config", {}), run_config, STAGE2_KEYS | Trainer.resume_ignore
-    )
+    diff = config_differences(state.get("run_config", {}), run_config, STAGE2_KEYS)
     if diff:
         raise ValueError(f"--stage1-from: {src} differs on {diff}")
     state["run_config"] = run_config
@@ -291,9 +356,8 @@ def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, 
         shutil.copyfile(Path(args.stage1_from) / "split.json", out / "split.json")
 
 
-@script_main
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """``ValueError`` naming the first CARE flag out of range or in conflict."""
     check_common_args(args)
     check_numbers(
         args,
@@ -312,48 +376,69 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"--stage1-epochs {args.stage1_epochs} must lie in [0, --epochs {args.epochs}]"
         )
+
+
+def train_loader_for(data: BoxedISIC, args: argparse.Namespace, distributed: bool) -> DataLoader:
+    """The training loader of ``--sampler`` (class-balanced weights; a shuffled sampler under
+    ``torchrun``)."""
+    weights = class_balanced_weights(data.base.labels, SAMPLERS[args.sampler])
+    sampler = WeightedSampler(weights, seed=args.seed) if args.sampler != "uniform" else None
+    if sampler is None and distributed:
+        sampler = WeightedSampler(np.ones(len(weights)), replacement=False, seed=args.seed)
+    # drop a last partial batch only when there is more than one batch: a train split smaller
+    # than --batch-size trains in one smaller batch (a single image would break BatchNorm)
+    n_train = len(data)
+    if n_train < args.batch_size:
+        print(f"note: {n_train} training images, fewer than --batch-size {args.batch_size}: "
+              "one batch per epoch")  # fmt: skip
+    return DataLoader(
+        data, sampler=sampler, shuffle=sampler is None, drop_last=n_train > args.batch_size,
+        batch_size=args.batch_size, num_workers=args.workers,
+    )  # fmt: skip
+
+
+@script_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    # flags and the run folder
+    args = parse_args(argv)
+    check_args(args)
     rare = rare_indices(args.rare_classes)
-    device, dist = setup_device(args.device, args.amp)
+    device, dist_info = setup_device(args.device, args.amp)
     args.out = args.out or default_out_dir("isic2018_care")
-    out = prepare_out_dir(args.out, args.resume, args.data_root) if dist.is_main else Path(args.out)
-    dist.barrier()
+    out = (
+        prepare_out_dir(args.out, args.resume, args.data_root) if dist_info.is_main
+        else Path(args.out)
+    )  # fmt: skip
+    dist_info.barrier()
+
+    # data (its transforms normalise as the model's weights say, below)
     torch.manual_seed(args.seed)
     sets = load_data(args, out)
-    if dist.is_main:
+    if dist_info.is_main:
         write_skipped(out, sets)
     if len(sets["train"]) < 2:
         raise ValueError(
             f"CARE needs at least 2 training images (BatchNorm), the train split has "
             f"{len(sets['train'])}; raise --train-limit or lower --val-fraction/--test-fraction"
         )
+
+    # model
     local = None if args.weights in ("none", "timm") else args.weights
     with reading_weights(local):
         args.arch, arch_line = resolve_architecture(args.arch, local, "--arch")
-        model = build_model(args)
+        model = build_model(ModelSettings(args.arch, len(CLASSES), args.weights))
     mean, std = input_normalization(model)
     size = input_size(args.image_size)
     for split, data in sets.items():  # normalise as the weights' pretrained_cfg says
         data.transform = (train_transform if split == "train" else eval_transform)(size, mean, std)
-    if dist.is_main:
+    if dist_info.is_main:
         print(f"{arch_line}; input {describe_normalization(mean, std)} (its pretrained_cfg)")
-    layer = target_layer(model, args.target_layer)
-
-    weights = class_balanced_weights(sets["train"].base.labels, SAMPLERS[args.sampler])
-    sampler = WeightedSampler(weights, seed=args.seed) if args.sampler != "uniform" else None
-    if sampler is None and dist.enabled:
-        sampler = WeightedSampler(np.ones(len(weights)), replacement=False, seed=args.seed)
+    layer = cam_target_layer(model, args.target_layer)
+    train_loader = train_loader_for(sets["train"], args, dist_info.enabled)
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.workers}
-    # drop a last partial batch only when there is more than one batch: a train split smaller
-    # than --batch-size trains in one smaller batch (a single image would break BatchNorm)
-    n_train = len(sets["train"])
-    drop_last = n_train > args.batch_size
-    if n_train < args.batch_size:
-        print(f"note: {n_train} training images, fewer than --batch-size {args.batch_size}: "
-              "one batch per epoch")  # fmt: skip
-    train_loader = DataLoader(
-        sets["train"], sampler=sampler, shuffle=sampler is None, drop_last=drop_last, **loader_kw
-    )
-    eval_loader = {s: shard_loader(sets[s], dist, **loader_kw) for s in ("val", "test")}
+    eval_loader = {s: shard_loader(sets[s], dist_info, **loader_kw) for s in ("val", "test")}
+
+    # training: two stages, the CARE term in the second
     scheduler, criterion = None, None
     if args.recipe == "timm":  # AdamW from timm, per-step cosine with warm-up, EMA, smoothed CE
         optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
@@ -365,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     care = ab.CARE(model, layer, rare, num_classes=len(CLASSES), tau=args.tau, mix=args.mix,
                    outer=args.outer, clip_boxes=args.clip_boxes, enabled=False,
                    criterion=criterion)  # fmt: skip
+    schedule = CareSchedule(care, args.stage1_epochs, not args.no_care, rare, dist_info.is_main)
 
     def forward(m: nn.Module, batch: dict) -> Any:
         if m.training and torch.is_grad_enabled():
@@ -375,51 +461,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parts = {"ce": output.cls_loss.detach(), "care": output.care_loss.detach()}
         return output.loss, parts | {"boxed": output.selected.sum()}
 
-    def metric_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        m = flatten_metrics(multiclass_metrics(targets, probs, CLASSES))
-        m["select"] = m["balanced_accuracy"] if care_stage() == 2 else math.nan
-        return m
-
-    stage = {"epoch": 0}
-
-    def care_stage() -> int:
-        return 2 if stage["epoch"] >= args.stage1_epochs else 1
-
-    def set_epoch(epoch: int) -> None:
-        stage["epoch"] = epoch
-        care.enabled = care_stage() == 2 and not args.no_care
-
-    def on_epoch_end(epoch: int, row: dict) -> None:
-        if dist.is_main:
-            print(f"epoch {epoch} (stage {row['stage']}): loss {row['train_loss']:.4f} "
-                  f"care {row.get('train_care', 0):.4f} val bal.acc {row['val_balanced_accuracy']:.4f} "
-                  f"rare recall " + " ".join(f"{CLASSES[c]} {row[f'val_per_class_{CLASSES[c]}_recall']:.3f}" for c in rare))  # fmt: skip
-        set_epoch(epoch + 1)
-
-    run_config = run_settings(args)
+    run_config = resume_settings(args)
     trainer = Trainer(
-        model, loss_fn, optimizer, out, device, scheduler=scheduler, metric_fn=metric_fn,
-        monitor="select", forward=forward, amp=args.amp, ema_decay=args.ema_decay or None,
-        channels_last=args.channels_last, compile=args.compile, seed=args.seed, run_config=run_config,
-        dist_info=dist, progress=args.progress,
-        epoch_log=lambda m: {"stage": care_stage(), "care_enabled": float(care.enabled)},
+        model, loss_fn, optimizer, out, device, scheduler=scheduler,
+        metric_fn=schedule.metric_fn, monitor="select", forward=forward, amp=args.amp,
+        ema_decay=args.ema_decay or None, channels_last=args.channels_last, compile=args.compile,
+        seed=args.seed, run_config=run_config, dist_info=dist_info, progress=args.progress,
+        epoch_log=schedule.log_columns,
     )  # fmt: skip
-    if args.recipe == "timm":  # --epochs sets the cosine schedule's length: resume with the same
-        trainer.resume_ignore = trainer.resume_ignore - {"epochs"}
     resume = args.resume
     if args.stage1_from is not None and not args.resume:
         seed_stage2_from(args, out, run_config)
         resume = True
-    if dist.is_main:
-        save_config(out, args, target_layer=layer, rare_class_indices=rare,
+    if dist_info.is_main:
+        save_config(out, args, device, target_layer=layer, rare_class_indices=rare,
                     data={s: d.base.summary() for s, d in sets.items()},
                     input_normalization={"mean": mean, "std": std})  # fmt: skip
     last = out / "checkpoints" / "last.pt"
-    set_epoch(read_checkpoint(last, "--resume")["epoch"] + 1 if resume else 0)
+    schedule.start(read_checkpoint(last, "--resume")["epoch"] + 1 if resume else 0)
     history = trainer.fit(
-        train_loader, eval_loader["val"], args.epochs, resume=resume, on_epoch_end=on_epoch_end
-    )
+        train_loader, eval_loader["val"], args.epochs, resume=resume,
+        on_epoch_end=schedule.on_epoch_end,
+    )  # fmt: skip
 
+    # evaluation on the test set (the best stage-2 epoch, or the last)
     has_best = (out / "checkpoints" / "best.pt").is_file()  # none when there is no stage 2
     chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
     preds = trainer.predict(eval_loader["test"], desc="test")
@@ -433,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rare_classes": [CLASSES[c] for c in rare],
         "rare_attention": rare_attention(trainer.module, layer, sets["test"], rare, device),
     }
-    if dist.is_main:
+
+    # outputs
+    if dist_info.is_main:
         write_json(out / "metrics.json", metrics)
         write_predictions_csv(out / "predictions.csv", preds.ids, preds.probs, CLASSES, "image")
         plot_confusion(metrics["confusion_matrix"], CLASSES, out / "plots" / "confusion.png")
