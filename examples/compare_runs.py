@@ -28,6 +28,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from examples.run import write_json
+
 __all__ = [
     "auc_intervals",
     "compare",
@@ -185,8 +187,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print("\nper run: AUC and its 95% bootstrap confidence interval")
         print(intervals)
     if args.json is not None:
-        from examples.isic.cli import write_json
-
         write_json(args.json, rows)
     return rows
 

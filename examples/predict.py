@@ -53,7 +53,7 @@ from examples.isic import (
     load_image,
     write_predictions_csv,
 )
-from examples.isic.cli import resolve_device
+from examples.run import atomic_path, atomic_write, resolve_device
 
 METADATA_KEY = "attnblocks.predict"  # ONNX metadata: the preprocessing and output profile (JSON)
 SCRIPTS = ("isic2017_arl", "isic2017_attnmel", "isic2018_care")
@@ -223,19 +223,13 @@ def export_onnx(model: nn.Module, profile: dict[str, Any], path: Path) -> Path:
         net, (x,), dynamo=True, input_names=["image"], output_names=names, verbose=False,
         dynamic_shapes={"x": {0: "batch", 2: "height", 3: "width"}},
     )  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
         keep = {k: v for k, v in profile.items() if k not in ("source", "target_layer")}
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(keep)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -565,8 +559,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [(i, "cannot read image (logged when the split was read)") for i in data.skipped] + bad
     unreadable = out.with_name(f"{out.stem}.unreadable.txt")
     if bad:
-        from examples.isic.cache import atomic_write
-
         text = "".join(f"{i}\t{reason}\n" for i, reason in bad)
         atomic_write(unreadable, lambda fh: fh.write(text.encode()))
     elif unreadable.exists():

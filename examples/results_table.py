@@ -45,6 +45,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from examples.run import atomic_path, atomic_write, write_json
+
 __all__ = ["collect", "load_group", "main", "metric_value", "render", "render_markdown"]
 
 SCHEMA = "attnblocks-results/1"
@@ -278,18 +280,16 @@ def render_figure(group: Mapping[str, Any], path: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
 def render(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
     """Write ``<group>.md`` and ``<group>.png`` for every group file (next to it by default)."""
-    from examples.isic.cache import atomic_write
-
     written = []
     for p in paths:
         group = load_group(p)
@@ -342,8 +342,6 @@ def collect(
     The wall time of a run is the sum of its epochs' ``epoch_s`` (``log.csv``); the command is the
     first run's ``argv`` (``config.json``).
     """
-    from examples.isic.cli import write_json
-
     out_variants = []
     for name, pattern in variants:
         runs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())

@@ -18,16 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from examples.isic import cli
-from examples.isic.distributed import DistInfo, ShardSampler, shard_loader, unshard
-from examples.isic.engine import (
-    NonFiniteLossError,
-    Trainer,
-    atomic_save,
-    autocast,
-    move_to,
-    predict,
-    seed_everything,
-)
+from examples.isic.train.distributed import DistInfo, ShardSampler, shard_loader, unshard
+from examples.isic.train.predict import move_to, predict
+from examples.isic.train.trainer import NonFiniteLossError, Trainer
+from examples.run import atomic_save, autocast, check_amp, resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +122,7 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 def test_resume_refuses_other_configuration(tmp_path: Path) -> None:
     make_trainer(tmp_path).fit(*loaders(), epochs=1)
-    other = make_trainer(tmp_path, run_config={"arch": "tiny", "lr": 0.5, "epochs": 9})
+    other = make_trainer(tmp_path, run_config={"arch": "tiny", "lr": 0.5})
     with pytest.raises(ValueError, match=r"another configuration \(lr: checkpoint 0.1 vs now 0.5"):
         other.fit(*loaders(), epochs=2, resume=True)
     with pytest.raises(ValueError, match="no checkpoint"):
@@ -223,20 +217,30 @@ def test_cli_flags_profile_and_config(tmp_path: Path) -> None:
         config["environment"]["git_commit"] is None
         or len(config["environment"]["git_commit"]) >= 40
     )
-    assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     assert cli.setup_device("cpu", "bf16") == (torch.device("cpu"), DistInfo())
     assert cli.run_settings(argparse.Namespace(out=tmp_path, n=1)) == {"out": str(tmp_path), "n": 1}
     assert config["settings"] == cli.run_settings(args)
     assert cli.default_out_dir("isic2017_arl").parts[0] == "runs"
 
 
+def test_resume_settings_leave_out_what_a_resumed_run_may_change(tmp_path: Path) -> None:
+    args = argparse.Namespace(epochs=9, out=tmp_path, workers=2, lr=0.1, arch="x", recipe="paper")
+    assert cli.resume_settings(args) == {"lr": 0.1, "arch": "x", "recipe": "paper"}
+    args.recipe = "timm"  # --epochs sets the length of the cosine schedule: it must match
+    assert cli.resume_settings(args) == {"epochs": 9, "lr": 0.1, "arch": "x", "recipe": "timm"}
+    make_trainer(tmp_path / "r", run_config={"lr": 0.1}).fit(*loaders(), epochs=1)
+    resumed = make_trainer(tmp_path / "r", run_config={"lr": 0.1, "workers": None})
+    assert len(resumed.fit(*loaders(), epochs=2, resume=True)) == 2  # a new setting at None
+
+
 def test_cli_bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA device"):
-        cli.resolve_device("cuda")
-    assert cli.resolve_device("auto") == torch.device("cpu")
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        cli.check_amp("fp16", torch.device("cpu"))
+        check_amp("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         cli.setup_device("auto", "fp16")
     blocker = tmp_path / "file"
@@ -269,26 +273,26 @@ import sys, json, torch
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from torch.utils.data import DataLoader, DistributedSampler
-from examples.isic.distributed import init_distributed, ShardSampler
-from examples.isic.engine import predict
+from examples.isic.train.distributed import init_distributed, ShardSampler
+from examples.isic.train.predict import predict
 from test_engine import Blobs, make_trainer
-info = init_distributed(torch.device("cpu"))
+dist_info = init_distributed(torch.device("cpu"))
 train, val = Blobs(40), Blobs(13, 1)
 tl = DataLoader(train, batch_size=4, sampler=DistributedSampler(train, seed=0))
-vl = DataLoader(val, batch_size=4, sampler=ShardSampler(len(val), info.rank, info.world_size))
-trainer = make_trainer({out!r}, dist_info=info)
+vl = DataLoader(val, batch_size=4, sampler=ShardSampler(len(val), dist_info.rank, dist_info.world_size))
+trainer = make_trainer({out!r}, dist_info=dist_info)
 trainer.fit(tl, vl, epochs=2)
 preds, metrics = trainer.evaluate(vl)
 fixed, cpu = Blobs(13, 1, flip=False), torch.device("cpu")  # no random flip: comparable runs
-shards = ShardSampler(len(fixed), info.rank, info.world_size)
+shards = ShardSampler(len(fixed), dist_info.rank, dist_info.world_size)
 sharded = predict(trainer.module, DataLoader(fixed, batch_size=4, sampler=shards), cpu,
-                  dist_info=info)
+                  dist_info=dist_info)
 alone = predict(trainer.module, DataLoader(fixed, batch_size=4), cpu)
 w = torch.cat([p.detach().flatten() for p in trainer.module.parameters()])
-json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": info.world_size,
+json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": dist_info.world_size,
            "sharded": [sharded.probs.tolist(), sharded.targets.tolist(), sharded.ids],
            "alone": [alone.probs.tolist(), alone.targets.tolist(), alone.ids]}},
-          open({out!r} + f"/rank{{info.rank}}.json", "w"))
+          open({out!r} + f"/rank{{dist_info.rank}}.json", "w"))
 """
 
 
