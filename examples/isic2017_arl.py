@@ -6,7 +6,7 @@ or ``--pretrained``), SGD with batch 32, lr 1e-4 (ARL-CNN50) or 1e-2 (ARL-CNN14 
 halved every 30 epochs, at most 100 epochs, alpha initialised to 1e-3, 60 random central patches
 per image per epoch, 9 test views averaged, best epoch by validation AUC (early stopping).
 ``--recipe timm`` trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
-(``examples/isic/recipes.py``; not the paper's protocol).
+(``examples/isic/train/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_arl.py                                    # synthetic demo, ~2 min CPU
     python examples/isic2017_arl.py --data-root ISIC2017 --weights resnet50.pth
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric_fn=report.isic2017_metric_fn(task), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
         patience=args.patience, epoch_log=alpha_columns, run_config=cli.resume_settings(args),
-        dist_info=dist_info, progress=args.progress, ema_decay=args.ema_decay or None,
+        resume_defaults=cli.ADDED_DEFAULTS, dist_info=dist_info, progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
     if dist_info.is_main:
         cli.save_config(out, args, device, data_root=str(root), synthetic=synthetic,

@@ -8,7 +8,7 @@ batch 32, 224 px crops, best epoch by validation AUC. ``--roi lesion`` adds
 ``lambda_3 (1 - Dice(A3, M3)) + lambda_4 (1 - Dice(A4, M4))`` with the Part 1 lesion masks
 (lambdas 0.001 / 0.01; images without a mask are left out of the Dice term). ``--recipe timm``
 trains with timm's AdamW, cosine schedule, EMA and label smoothing instead
-(``examples/isic/recipes.py``; not the paper's protocol).
+(``examples/isic/train/recipes.py``; not the paper's protocol).
 
     python examples/isic2017_attnmel.py                                    # synthetic demo
     python examples/isic2017_attnmel.py --data-root ISIC2017 --weights vgg16_bn.pth --roi lesion
@@ -464,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
         metric_fn=metric_fn_for(train, multiclass), monitor="mean_auc", amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, seed=args.seed,
-        patience=args.patience, run_config=cli.resume_settings(args), dist_info=dist_info,
+        patience=args.patience, run_config=cli.resume_settings(args),
+        resume_defaults=cli.ADDED_DEFAULTS, dist_info=dist_info,
         progress=args.progress, ema_decay=args.ema_decay or None,
     )  # fmt: skip
     if dist_info.is_main:

@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # `python examples/isic2018_care.py`
 import attnblocks as ab
 from examples.isic import ISIC2018Dataset, WeightedSampler, class_balanced_weights
 from examples.isic.cli import (
+    ADDED_DEFAULTS,
     add_common_args,
     check_common_args,
     check_numbers,
@@ -347,7 +348,9 @@ def seed_stage2_from(args: argparse.Namespace, out: Path, run_config: dict[str, 
             f"--stage1-from: {src} is at epoch {state['epoch']}, not at the end of stage 1 "
             f"(epoch {args.stage1_epochs - 1})"
         )
-    diff = config_differences(state.get("run_config", {}), run_config, STAGE2_KEYS)
+    diff = config_differences(
+        state.get("run_config", {}), run_config, STAGE2_KEYS, added_defaults=ADDED_DEFAULTS
+    )
     if diff:
         raise ValueError(f"--stage1-from: {src} differs on {diff}")
     state["run_config"] = run_config
@@ -466,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model, loss_fn, optimizer, out, device, scheduler=scheduler,
         metric_fn=schedule.metric_fn, monitor="select", forward=forward, amp=args.amp,
         ema_decay=args.ema_decay or None, channels_last=args.channels_last, compile=args.compile,
-        seed=args.seed, run_config=run_config, dist_info=dist_info, progress=args.progress,
-        epoch_log=schedule.log_columns,
+        seed=args.seed, run_config=run_config, resume_defaults=ADDED_DEFAULTS,
+        dist_info=dist_info, progress=args.progress, epoch_log=schedule.log_columns,
     )  # fmt: skip
     resume = args.resume
     if args.stage1_from is not None and not args.resume:

@@ -333,7 +333,7 @@ class SafeISIC(Dataset):
 
 def isic_split(p: dict[str, Any], root: Path, split: str, transform) -> SafeISIC:
     """The ``split`` of the run's ISIC release under ``root`` (unreadable images listed)."""
-    from examples.isic.cli import check_layout
+    from examples.isic.layout import check_layout
 
     dataset = p["dataset"]
     layouts = {
@@ -413,8 +413,8 @@ def overlay_maps(model: Any, x: torch.Tensor, p: dict[str, Any], maps: list[torc
 
 def save_overlays(out_dir: Path, ids: list[str], x: torch.Tensor, maps: dict[str, torch.Tensor],
                   scores: np.ndarray, columns: list[str]) -> None:  # fmt: skip
-    from examples.isic.viz import denormalize
-    from examples.isic.viz import save_overlays as save_grid
+    from examples.isic.eval.plots import denormalize
+    from examples.isic.eval.plots import save_overlays as save_grid
 
     images = denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
     for k, image_id in enumerate(ids):

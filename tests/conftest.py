@@ -77,7 +77,7 @@ def assert_task_metrics_agree(
         accuracy = np.mean((scores[:, k] > 0.5) == (truth[:, k] == 1))
         assert saved[task]["accuracy"] == pytest.approx(accuracy, abs=1e-6), task
     assert saved["mean_auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
-    from examples.isic.metrics import isic2017_metrics
+    from examples.isic.eval.metrics import isic2017_metrics
 
     # the bootstrap intervals and the sensitivities at fixed specificities, recomputed
     resamples, seed = bootstrap_settings(saved)
@@ -131,7 +131,7 @@ def assert_multiclass_metrics_agree(
             expected_auc, abs=1e-6, nan_ok=True
         ), name
     assert saved["mean_auc"] == pytest.approx(np.mean(list(aucs.values())), abs=1e-6)
-    from examples.isic.metrics import multiclass_metrics
+    from examples.isic.eval.metrics import multiclass_metrics
 
     # the bootstrap intervals and the sensitivities at fixed specificities, recomputed
     resamples, seed = bootstrap_settings(saved)

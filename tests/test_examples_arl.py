@@ -106,6 +106,24 @@ def test_prediction_csv_accepted_by_official_scorer(
         assert float(score.per_category.loc[task]["auc"]) == pytest.approx(metrics[task]["auc"])
 
 
+def test_same_seed_same_metrics_json(tiny_root: Path, tmp_path: Path) -> None:
+    """The demo's profile (``--quick``, what ``make demo`` runs on the synthetic data), twice with
+    one seed: byte-identical ``metrics.json`` and ``predictions.csv``."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        arl.main(["--quick", "--data-root", str(tiny_root), "--out", str(out), "--epochs", "1",
+                  "--seed", "3", "--bootstrap", "200", *TINY])  # fmt: skip
+        runs.append(out)
+    a, b = runs
+    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
+    assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+    other = tmp_path / "c"
+    arl.main(["--quick", "--data-root", str(tiny_root), "--out", str(other), "--epochs", "1",
+              "--seed", "4", "--bootstrap", "200", *TINY])  # fmt: skip
+    assert (other / "predictions.csv").read_bytes() != (a / "predictions.csv").read_bytes()
+
+
 def test_resume_continues_and_refuses_other_config(tiny_root: Path, tmp_path: Path) -> None:
     base = ["--data-root", str(tiny_root), "--out", str(tmp_path / "r"), *TINY]
     arl.main([*base, "--epochs", "1"])
@@ -146,10 +164,10 @@ def test_bad_inputs(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_plain_baseline_starts_from_the_same_weights() -> None:
     args = arl.build_parser().parse_args(["--arch", "arl_cnn14"])
     torch.manual_seed(0)
-    with_arl = arl.build_model(args, 3)
+    with_arl = arl.build_model(arl.ModelSettings.from_args(args))
     args.no_arl = True
     torch.manual_seed(0)
-    plain = arl.build_model(args, 3)
+    plain = arl.build_model(arl.ModelSettings.from_args(args))
     assert not hasattr(plain, "alphas") and arl.alpha_columns(plain) == {}
     sd = with_arl.state_dict()
     for k, v in plain.state_dict().items():

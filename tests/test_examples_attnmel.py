@@ -23,7 +23,7 @@ from examples.isic import (
     binary_metrics,
     make_synthetic_isic2017,
 )
-from examples.isic.cli import LimitedDataset
+from examples.isic.layout import LimitedDataset
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--backbone", "resnet18", "--no-progress",
         "--overlay-images", "2", "--oversample", "2"]  # fmt: skip
@@ -80,7 +80,7 @@ def test_lesion_roi_run_outputs(tiny_root: Path, tmp_path: Path) -> None:
 def test_model_and_loss_pieces() -> None:
     args = attnmel.build_parser().parse_args(["--backbone", "resnet18"])
     torch.manual_seed(0)
-    net = attnmel.build_model(args, 2)
+    net = attnmel.build_model(attnmel.ModelSettings.from_args(args, 2))
     model = attnmel.WithAttention(net).eval()
     x = torch.randn(2, 3, 64, 64)
     logits, maps = model(x)

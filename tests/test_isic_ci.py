@@ -12,16 +12,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from examples import compare_runs
-from examples.isic.metrics import (
-    auc_from_counts,
+from examples.isic.eval.bootstrap import auc_from_counts, bootstrap_auc_ci, bootstrap_counts
+from examples.isic.eval.metrics import (
     binary_metrics,
-    bootstrap_auc_ci,
-    bootstrap_counts,
     isic2017_metrics,
     multiclass_metrics,
     sensitivity_at_specificity,
 )
-from examples.isic.report import format_multiclass_table, format_table
+from examples.isic.eval.report import format_multiclass_table, format_table
 
 
 def _scores(n: int, seed: int = 0, prevalence: float = 0.2) -> tuple[np.ndarray, np.ndarray]:

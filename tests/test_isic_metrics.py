@@ -21,7 +21,7 @@ from examples.isic import (
     attention_jaccard,
     binary_metrics,
     isic2017_metrics,
-    isic2017_scores_from_3class,
+    isic2017_scores,
     multiclass_metrics,
     write_predictions_csv,
 )
@@ -78,8 +78,9 @@ def test_isic2017_metrics_and_3class_scores():
     rng = np.random.default_rng(0)
     y3 = rng.integers(0, 3, 50)
     probs = rng.dirichlet(np.ones(3), 50)
-    scores = isic2017_scores_from_3class(probs)
-    truth = np.stack([y3 == 1, y3 == 2], 1).astype(float)
+    scores, truth = isic2017_scores(probs, y3, "3class")
+    np.testing.assert_array_equal(scores, probs[:, 1:3])
+    np.testing.assert_array_equal(truth, np.stack([y3 == 1, y3 == 2], 1).astype(float))
     m = isic2017_metrics(truth, scores)
     assert m["melanoma"] == binary_metrics(y3 == 1, probs[:, 1])
     assert m["seborrheic_keratosis"] == binary_metrics(y3 == 2, probs[:, 2])

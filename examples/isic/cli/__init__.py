@@ -6,6 +6,7 @@
 """
 
 from .flags import (
+    ADDED_DEFAULTS,
     MAY_CHANGE_ON_RESUME,
     add_common_args,
     check_common_args,
@@ -25,6 +26,7 @@ from .run_folder import (
 )
 
 __all__ = [
+    "ADDED_DEFAULTS",
     "MAY_CHANGE_ON_RESUME",
     "RUN_OUTPUTS",
     "add_common_args",

@@ -1,6 +1,6 @@
 """The flags every example script shares, and their checks.
 
-Flags (docs/isic_pipelines.md, "The example scripts' common interface")::
+Flags (docs/isic_pipelines.md, "Common flags (every script)")::
 
     --data-root DIR  --out DIR  --epochs N  --batch-size N  --image-size N  --workers N  --seed N
     --lr X  --device auto|cpu|cuda  --amp none|bf16|fp16  --channels-last  --compile  --resume
@@ -22,6 +22,7 @@ from typing import Any
 from examples.run import AMP_DTYPES, fill_defaults
 
 __all__ = [
+    "ADDED_DEFAULTS",
     "MAY_CHANGE_ON_RESUME",
     "add_common_args",
     "check_common_args",
@@ -159,6 +160,9 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     stored in each checkpoint (which ``--resume`` compares)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
+
+# flags added after checkpoints were first written, with the value that reproduces older runs
+ADDED_DEFAULTS: dict[str, Any] = {"recipe": "paper"}
 
 # common flags a resumed run may change: where it writes, how long it trains, how it reads the data
 # and how it reports (not what the network, the data or the optimisation are)

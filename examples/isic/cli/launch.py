@@ -17,10 +17,11 @@ __all__ = ["run_cli", "setup_device"]
 
 
 def setup_device(name: str, amp: str) -> tuple[torch.device, DistInfo]:
-    """:func:`examples.run.resolve_device` and :func:`~examples.run.check_amp`, then join ``torchrun``'s process group, if any.
+    """:func:`examples.run.resolve_device` and :func:`~examples.run.check_amp`, then join
+    ``torchrun``'s process group, if any.
 
-    Returns the device and this process's :class:`~examples.isic.train.distributed.DistInfo`; on CUDA
-    the device is ``cuda:LOCAL_RANK``.
+    Returns the device and this process's :class:`~examples.isic.train.distributed.DistInfo`; on
+    CUDA the device is ``cuda:LOCAL_RANK``.
     """
     device = resolve_device(name)
     check_amp(amp, device)

@@ -26,9 +26,6 @@ from torch import nn
 
 __all__ = ["CheckpointMixin", "config_differences", "read_checkpoint", "unwrap_model"]
 
-# flags added after checkpoints were first written, with the value that reproduces older runs
-ADDED_DEFAULTS: dict[str, Any] = {"recipe": "paper"}
-
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_metric",
                    "best_epoch", "bad_epochs", "history", "rng")  # fmt: skip
 
@@ -66,20 +63,22 @@ def config_differences(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
     ignore: frozenset[str] | set[str] = frozenset(),
+    added_defaults: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Sorted keys of ``current``, outside ``ignore``, on which ``saved`` differs.
 
-    ``current`` names the settings that must match (the run's ``resume_config``); what else
+    ``current`` names the settings that must match (the trainer's ``run_config``); what else
     ``saved`` holds does not count. A key that ``saved`` lacks while ``current`` holds ``None`` or
-    ``False`` there (or its :data:`ADDED_DEFAULTS` value) is no difference either: a setting added
-    after the checkpoint was written, left at its default, does not make the checkpoint another
-    configuration.
+    ``False`` there, or its ``added_defaults`` value (the value that reproduces the runs written
+    before the setting existed), is no difference either: a setting added after the checkpoint was
+    written, left at its default, does not make the checkpoint another configuration.
     """
+    added_defaults = added_defaults or {}
     keys = set(current) - set(ignore)
     new_defaults = {
         k
         for k in set(current) - set(saved)
-        if current[k] is None or current[k] is False or ADDED_DEFAULTS.get(k, ...) == current[k]
+        if current[k] is None or current[k] is False or added_defaults.get(k, ...) == current[k]
     }
     return sorted(k for k in keys - new_defaults if saved.get(k) != current.get(k))
 
@@ -93,7 +92,8 @@ class CheckpointMixin:
 
     ``run_config`` holds the settings a resumed run must share with its checkpoint (the script
     chooses them: what the network, the data and the optimisation are, not where the run writes or
-    how long it trains).
+    how long it trains); ``resume_defaults`` the values of settings that older checkpoints predate
+    (see :func:`config_differences`).
     """
 
     module: nn.Module
@@ -106,6 +106,7 @@ class CheckpointMixin:
     bad_epochs: int
     history: list[dict[str, Any]]
     run_config: dict[str, Any]
+    resume_defaults: dict[str, Any]
     ckpt_dir: Path
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class CheckpointMixin:
 
     def check_config(self, saved: Mapping[str, Any], path: Path) -> None:
         """Raise ``ValueError`` naming every setting on which ``saved`` differs from this run."""
-        diff = config_differences(saved, self.run_config)
+        diff = config_differences(saved, self.run_config, added_defaults=self.resume_defaults)
         if diff:
             lines = ", ".join(
                 f"{k}: checkpoint {saved.get(k)!r} vs now {self.run_config.get(k)!r}" for k in diff

@@ -85,6 +85,9 @@ class Trainer(CheckpointMixin):
         run_config: the settings a resumed run must share with its checkpoint (``{name: value}``,
             chosen by the caller), stored in every checkpoint; ``resume`` refuses a checkpoint
             whose values differ on any of them.
+        resume_defaults: for settings added after older checkpoints were written, the value that
+            reproduces those runs (``{"recipe": "paper"}``): a checkpoint without the setting
+            resumes when the run has that value.
         dist_info: rank/world of this process (see
             :func:`~examples.isic.train.distributed.init_distributed`).
         progress: show tqdm bars (rank 0 only).
@@ -115,6 +118,7 @@ class Trainer(CheckpointMixin):
         grad_clip: float | None = None,
         epoch_log: Callable[[nn.Module], Mapping[str, float]] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        resume_defaults: Mapping[str, Any] | None = None,
         dist_info: DistInfo | None = None,
         progress: bool = True,
         ema_decay: float | None = None,
@@ -148,6 +152,7 @@ class Trainer(CheckpointMixin):
         self.seed, self.patience, self.grad_clip = seed, patience, grad_clip
         self.epoch_log = epoch_log
         self.run_config = dict(run_config or {})
+        self.resume_defaults = dict(resume_defaults or {})
         self.progress = progress
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.out_dir = Path(out_dir)
