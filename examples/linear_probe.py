@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make ``examples`` importable
 
 import attnblocks as ab
 from examples.isic import ISIC2017Dataset
-from examples.isic.metrics import bootstrap_auc_ci
+from examples.isic.eval.bootstrap import bootstrap_auc_ci
 from examples.run import environment, resolve_device, seed_everything, write_json
 
 TASKS = ("melanoma", "seborrheic_keratosis")
