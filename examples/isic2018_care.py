@@ -400,6 +400,68 @@ def train_loader_for(data: BoxedISIC, args: argparse.Namespace, distributed: boo
     )  # fmt: skip
 
 
+@torch.no_grad()
+def rare_attention(
+    model: nn.Module, layer: str, data: BoxedISIC, rare: list[int], device: torch.device
+) -> dict[str, float]:
+    """Where the Grad-CAM of the true class lies on the rare-class test images with a box.
+
+    ``inside``: mean over images of ``sum(cam * inner)`` (the mean map value in the box);
+    ``outside``: mean of ``sum(cam * outer)``; ``n``: images counted (the CARE terms, uncapped).
+    """
+    was_training = model.training
+    model.eval()
+    inside, outside = [], []
+    for i in np.flatnonzero(np.isin(data.base.labels, rare)):
+        item = data[int(i)]
+        if not item["box_valid"]:
+            continue
+        image = item["image"][None].to(device)
+        cam, _ = ab.grad_cam(model, image, layer, item["label"][None].to(device))
+        inner, outer = ab.box_to_inner_outer(item["box"][None], image.shape[-2:], clip=True)
+        cam = cam.cpu()
+        inside.append(float((cam * inner).sum()))
+        outside.append(float((cam * outer).sum()))
+    model.train(was_training)
+    n = len(inside)
+    return {
+        "inside": float(np.mean(inside)) if n else math.nan,
+        "outside": float(np.mean(outside)) if n else math.nan,
+        "n": n,
+    }
+
+
+def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],
+                       device: torch.device, path: Path, per_class: int = 3,
+                       mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> None:  # fmt: skip
+    """Grad-CAM of the true class over rare-class test images, with the lesion box drawn."""
+    picks = [i for c in rare for i in np.flatnonzero(data.base.labels == c)[:per_class]]
+    if not picks:
+        return
+    items = [data[int(i)] for i in picks]
+    images = torch.stack([it["image"] for it in items]).to(device)
+    targets = torch.stack([it["label"] for it in items]).to(device)
+    was_training = model.training
+    model.eval()
+    cam, logits = ab.grad_cam(model, images, layer, targets)
+    model.train(was_training)
+    boxes, valid = (
+        torch.stack([it["box"] for it in items]),
+        torch.stack([it["box_valid"] for it in items]),
+    )
+    inner, _ = ab.box_to_inner_outer(boxes, images.shape[-2:], valid=valid, clip=True)
+    edge = (inner > 0).float()
+    edge = edge - torch.nn.functional.max_pool2d(-edge, 3, 1, 1).neg()  # inner border of the box
+    probs = logits.detach().softmax(1)
+    titles = [
+        f"{it['id']} {CLASSES[int(t)]} p={float(probs[k, t]):.2f}"
+        for k, (it, t) in enumerate(zip(items, targets, strict=True))
+    ]
+    save_overlays(denormalize(images, mean, std),
+                  {"Grad-CAM": cam.detach().cpu(), "box": edge.cpu()}, path, titles)  # fmt: skip
+
+
 @script_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # flags and the run folder
@@ -520,68 +582,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"rare-class Grad-CAM (test, {att['n']} boxed images): mean in box "
               f"{att['inside']:.3f}, mean outside {att['outside']:.3f}")  # fmt: skip
     return metrics
-
-
-@torch.no_grad()
-def rare_attention(
-    model: nn.Module, layer: str, data: BoxedISIC, rare: list[int], device: torch.device
-) -> dict[str, float]:
-    """Where the Grad-CAM of the true class lies on the rare-class test images with a box.
-
-    ``inside``: mean over images of ``sum(cam * inner)`` (the mean map value in the box);
-    ``outside``: mean of ``sum(cam * outer)``; ``n``: images counted (the CARE terms, uncapped).
-    """
-    was_training = model.training
-    model.eval()
-    inside, outside = [], []
-    for i in np.flatnonzero(np.isin(data.base.labels, rare)):
-        item = data[int(i)]
-        if not item["box_valid"]:
-            continue
-        image = item["image"][None].to(device)
-        cam, _ = ab.grad_cam(model, image, layer, item["label"][None].to(device))
-        inner, outer = ab.box_to_inner_outer(item["box"][None], image.shape[-2:], clip=True)
-        cam = cam.cpu()
-        inside.append(float((cam * inner).sum()))
-        outside.append(float((cam * outer).sum()))
-    model.train(was_training)
-    n = len(inside)
-    return {
-        "inside": float(np.mean(inside)) if n else math.nan,
-        "outside": float(np.mean(outside)) if n else math.nan,
-        "n": n,
-    }
-
-
-def save_rare_overlays(model: nn.Module, layer: str, data: BoxedISIC, rare: list[int],
-                       device: torch.device, path: Path, per_class: int = 3,
-                       mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD) -> None:  # fmt: skip
-    """Grad-CAM of the true class over rare-class test images, with the lesion box drawn."""
-    picks = [i for c in rare for i in np.flatnonzero(data.base.labels == c)[:per_class]]
-    if not picks:
-        return
-    items = [data[int(i)] for i in picks]
-    images = torch.stack([it["image"] for it in items]).to(device)
-    targets = torch.stack([it["label"] for it in items]).to(device)
-    was_training = model.training
-    model.eval()
-    cam, logits = ab.grad_cam(model, images, layer, targets)
-    model.train(was_training)
-    boxes, valid = (
-        torch.stack([it["box"] for it in items]),
-        torch.stack([it["box_valid"] for it in items]),
-    )
-    inner, _ = ab.box_to_inner_outer(boxes, images.shape[-2:], valid=valid, clip=True)
-    edge = (inner > 0).float()
-    edge = edge - torch.nn.functional.max_pool2d(-edge, 3, 1, 1).neg()  # inner border of the box
-    probs = logits.detach().softmax(1)
-    titles = [
-        f"{it['id']} {CLASSES[int(t)]} p={float(probs[k, t]):.2f}"
-        for k, (it, t) in enumerate(zip(items, targets, strict=True))
-    ]
-    save_overlays(denormalize(images, mean, std),
-                  {"Grad-CAM": cam.detach().cpu(), "box": edge.cpu()}, path, titles)  # fmt: skip
 
 
 if __name__ == "__main__":

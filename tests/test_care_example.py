@@ -145,3 +145,24 @@ def test_saliency_boxes_end_to_end(tmp_path: Path) -> None:
     row = _log(tmp_path / "sal")[1]
     assert row["stage"] == "2" and float(row["train_boxed"]) > 0
     assert float(row["train_care"]) != 0.0 and 0 <= metrics["balanced_accuracy"] <= 1
+
+
+def test_care_schedule_switches_the_term_on_in_stage_2(capsys: pytest.CaptureFixture) -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(7)
+    )
+    care = ab.CARE(model, "0", [5], num_classes=7, enabled=True)
+    schedule = script.CareSchedule(care, stage1_epochs=2, use_care=True, rare=[5], verbose=True)
+    assert (schedule.stage, care.enabled) == (1, False)
+    probs = torch.eye(7).repeat(2, 1).double().numpy()
+    targets = torch.arange(7).repeat(2).numpy()
+    assert torch.isnan(torch.tensor(schedule.metric_fn(probs, targets)["select"]))
+    schedule.start(2)
+    assert (schedule.stage, care.enabled) == (2, True)
+    assert schedule.metric_fn(probs, targets)["select"] == 1.0  # balanced accuracy
+    assert schedule.log_columns(model) == {"stage": 2, "care_enabled": 1.0}
+    row = {"stage": 2, "train_loss": 0.5, "val_balanced_accuracy": 1.0}
+    schedule.on_epoch_end(2, row | {"val_per_class_DF_recall": 1.0})
+    assert schedule.epoch == 3 and "rare recall DF 1.000" in capsys.readouterr().out
+    baseline = script.CareSchedule(care, stage1_epochs=0, use_care=False, rare=[5], verbose=False)
+    assert (baseline.stage, care.enabled) == (2, False)
