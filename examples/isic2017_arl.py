@@ -47,8 +47,8 @@ from examples.isic import (
     arl_test_transform,
     arl_train_transform,
     cli,
+    data_root,
     default_synthetic_root,
-    layout,
     weights,
 )
 from examples.isic.cache import default_cache_dir
@@ -267,10 +267,10 @@ def build_datasets(
         "test": ISIC2017Dataset(root, "test", task, test_tf, **load),
     }
     if dist_info.is_main:
-        layout.write_skipped(args.out, splits)
+        data_root.write_skipped(args.out, splits)
     if args.limit is not None:
-        splits = {k: layout.LimitedDataset(v, args.limit) for k, v in splits.items()}
-    layout.check_not_empty(splits, root)
+        splits = {k: data_root.LimitedDataset(v, args.limit) for k, v in splits.items()}
+    data_root.check_not_empty(splits, root)
     return splits
 
 
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     synthetic = args.data_root is None
     device, dist_info = cli.setup_device(args.device, args.amp)
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
-    layout.check_layout(root, layout.ISIC2017_LAYOUT, "ISIC 2017")
+    data_root.check_layout(root, data_root.ISIC2017_LAYOUT, "ISIC 2017")
     args.out = args.out or cli.default_out_dir(SCRIPT)
     out = cli.prepare_out_dir(args.out, args.resume, root) if dist_info.is_main else Path(args.out)
     dist_info.barrier()

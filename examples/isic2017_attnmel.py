@@ -50,8 +50,8 @@ from examples.isic import (
     attnmel_eval_transform,
     attnmel_train_transform,
     cli,
+    data_root,
     default_synthetic_root,
-    layout,
     weights,
 )
 from examples.isic.cache import default_cache_dir
@@ -77,7 +77,7 @@ NUM_CLASSES = {"isic2017": 2, "isic2016": 2, "isic2018": 7}  # the model's outpu
 
 # dataset name -> (dataset class, splits (train, val, test), task, melanoma class index, layout)
 DATASETS: dict[str, tuple[type, tuple[str, str, str], str, int, tuple[str, ...]]] = {
-    "isic2017": (ISIC2017Dataset, ("train", "val", "test"), "melanoma", 1, layout.ISIC2017_LAYOUT),
+    "isic2017": (ISIC2017Dataset, ("train", "val", "test"), "melanoma", 1, data_root.ISIC2017_LAYOUT),
     "isic2016": (ISIC2016Dataset, ("train", "train", "test"), "malignant", 1, (
         "ISBI2016_ISIC_Part3_Training_Data/", "ISBI2016_ISIC_Part3_Training_GroundTruth.csv",
         "ISBI2016_ISIC_Part3_Test_Data/", "ISBI2016_ISIC_Part3_Test_GroundTruth.csv")),
@@ -235,14 +235,14 @@ def build_datasets(
     for name, split in zip(("train", "val", "test"), splits, strict=True):
         out[name] = cls(root, split, task, train_tf if name == "train" else eval_tf, **load)
     if dist_info.is_main:
-        layout.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
+        data_root.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
                                      args.dataset != "isic2016"})  # fmt: skip
     if args.dataset == "isic2016":  # no official validation split
         out["val"] = _holdout(out["val"], args.val_fraction, args.seed, "val")
         out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
     if args.limit is not None:
-        out = {k: layout.LimitedDataset(v, args.limit) for k, v in out.items()}
-    layout.check_not_empty(out, root)
+        out = {k: data_root.LimitedDataset(v, args.limit) for k, v in out.items()}
+    data_root.check_not_empty(out, root)
     return out
 
 
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device, dist_info = cli.setup_device(args.device, args.amp)
     _, _, task, mel_index, expected = DATASETS[args.dataset]
     root = default_synthetic_root(**SYNTHETIC) if synthetic else args.data_root
-    layout.check_layout(root, expected, args.dataset.upper())
+    data_root.check_layout(root, expected, args.dataset.upper())
     args.out = args.out or cli.default_out_dir(SCRIPT)
     out = cli.prepare_out_dir(args.out, args.resume, root) if dist_info.is_main else Path(args.out)
     dist_info.barrier()

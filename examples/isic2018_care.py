@@ -61,10 +61,10 @@ from examples.isic.cli import (
     script_main,
     setup_device,
 )
+from examples.isic.data_root import write_skipped
 from examples.isic.eval import multiclass_metrics, write_predictions_csv
 from examples.isic.eval.plots import denormalize, plot_confusion, plot_curves, save_overlays
 from examples.isic.eval.report import flatten_metrics, format_multiclass_table
-from examples.isic.layout import write_skipped
 from examples.isic.synthetic2018 import default_synthetic2018_root
 from examples.isic.train import Trainer, read_checkpoint, recipes, shard_loader
 from examples.isic.train.checkpointing import config_differences

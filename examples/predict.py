@@ -333,7 +333,7 @@ class SafeISIC(Dataset):
 
 def isic_split(p: dict[str, Any], root: Path, split: str, transform) -> SafeISIC:
     """The ``split`` of the run's ISIC release under ``root`` (unreadable images listed)."""
-    from examples.isic.layout import check_layout
+    from examples.isic.data_root import check_layout
 
     dataset = p["dataset"]
     layouts = {

@@ -23,7 +23,7 @@ from examples.isic import (
     binary_metrics,
     make_synthetic_isic2017,
 )
-from examples.isic.layout import LimitedDataset
+from examples.isic.data_root import LimitedDataset
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--backbone", "resnet18", "--no-progress",
         "--overlay-images", "2", "--oversample", "2"]  # fmt: skip

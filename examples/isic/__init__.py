@@ -14,7 +14,7 @@ data and metrics (importable from the repository root: ``from examples.isic impo
 - ``train``: the :class:`~examples.isic.train.Trainer`, checkpoints, ``torchrun`` helpers and
   ``--recipe paper|timm``.
 - ``cli``: the common flags, the run folder, the device; ``weights``: weights files and input
-  normalisation; ``layout``: the data folder's official layout.
+  normalisation; ``data_root``: the data folder's official layout.
 """
 
 from .cache import ImageReadError, ResizedImageCache, load_image, load_mask

@@ -1,4 +1,5 @@
-"""The data folder of a run: the official layout it must have, and what it left out.
+"""The data folder a run reads (``--data-root``): the official layout it must have, splits that
+are not empty, and the images ``--skip-bad`` left out.
 
 - :func:`check_layout`: one ``ValueError`` listing what a ``--data-root`` lacks.
 - :func:`check_not_empty`: every split holds an image.
