@@ -284,7 +284,9 @@ def build_optimization(
 ) -> tuple[torch.optim.Optimizer, Any, nn.Module]:
     """Optimizer, scheduler and criterion of ``--recipe``."""
     if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
-        optimizer, scheduler = recipes.build_timm_training(model, args, steps_per_epoch)
+        optimizer, scheduler = recipes.build_timm_training(
+            model, recipes.TimmRecipe.from_args(args), steps_per_epoch
+        )
         return optimizer, scheduler, recipes.timm_loss(args.smoothing)
     # the paper's: SGD, lr halved every --lr-step epochs, cross-entropy
     optimizer = torch.optim.SGD(

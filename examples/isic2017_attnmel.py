@@ -356,7 +356,9 @@ def build_training(
         )
     model = WithAttention(net)
     if args.recipe == "timm":  # AdamW, per-step cosine with warm-up, EMA, label smoothing
-        optimizer, scheduler = recipes.build_timm_training(net, args, steps_per_epoch)
+        optimizer, scheduler = recipes.build_timm_training(
+            net, recipes.TimmRecipe.from_args(args), steps_per_epoch
+        )
         cls_loss, cls_name = recipes.timm_loss(args.smoothing), "ce"
     else:  # the paper's: SGD (Nesterov), lr / 10 every --lr-step epochs, focal loss
         optimizer = torch.optim.SGD(

@@ -506,7 +506,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # training: two stages, the CARE term in the second
     scheduler, criterion = None, None
     if args.recipe == "timm":  # AdamW from timm, per-step cosine with warm-up, EMA, smoothed CE
-        optimizer, scheduler = recipes.build_timm_training(model, args, len(train_loader))
+        optimizer, scheduler = recipes.build_timm_training(
+            model, recipes.TimmRecipe.from_args(args), len(train_loader)
+        )
         criterion = recipes.timm_loss(args.smoothing)
     else:  # AdamW at a constant lr, cross-entropy
         optimizer = torch.optim.AdamW(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -73,7 +74,9 @@ def test_optimizer_schedule_and_loss() -> None:
     net = ab.AttentionGatedNet("resnet18", (2, 3), 2)
     args = _args(recipe="timm", lr=0.01, epochs=4)
     recipes.resolve_recipe(args, {}, {})
-    optimizer, scheduler = recipes.build_timm_training(net, args, steps_per_epoch=5)
+    optimizer, scheduler = recipes.build_timm_training(
+        net, recipes.TimmRecipe.from_args(args), steps_per_epoch=5
+    )
     assert isinstance(optimizer, torch.optim.AdamW)
     decays = {g["weight_decay"] for g in optimizer.param_groups}
     assert decays == {0.0, 0.05}  # no decay on biases and norm layers
@@ -89,15 +92,16 @@ def test_optimizer_schedule_and_loss() -> None:
     assert lrs[12] == pytest.approx(mid)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-6)
     # layer-wise decay: the stem learns more slowly than the head
-    args.layer_decay = 0.5
-    opt, _ = recipes.build_timm_training(net, args, 5)
+    recipe = recipes.TimmRecipe.from_args(args)
+    recipe = dataclasses.replace(recipe, layer_decay=0.5)
+    opt, _ = recipes.build_timm_training(net, recipe, 5)
     scales = sorted({g.get("lr_scale", 1.0) for g in opt.param_groups})
     assert scales[0] < 0.1 and scales[-1] == 1.0
     with pytest.raises(ValueError, match="group_matcher"):
-        recipes.build_timm_training(nn.Sequential(nn.Linear(2, 2)), args, 5)
-    args.layer_decay, args.opt = None, "nope"
+        recipes.build_timm_training(nn.Sequential(nn.Linear(2, 2)), recipe, 5)
+    recipe = dataclasses.replace(recipe, layer_decay=None, opt="nope")
     with pytest.raises(ValueError, match="--opt nope: Optimizer nope not found"):
-        recipes.build_timm_training(net, args, 5)
+        recipes.build_timm_training(net, recipe, 5)
     loss = recipes.timm_loss(0.1)
     logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     logp = logits.log_softmax(1)
@@ -142,7 +146,9 @@ def _timm_trainer(out: Path) -> Trainer:
     model = tiny_model(0.2)
     args = _args(recipe="timm", lr=0.05, epochs=4, ema_decay=0.99)
     recipes.resolve_recipe(args, {}, {})
-    opt, sched = recipes.build_timm_training(model, args, steps_per_epoch=6)
+    opt, sched = recipes.build_timm_training(
+        model, recipes.TimmRecipe.from_args(args), steps_per_epoch=6
+    )
     return Trainer(
         model, ce_loss, opt, out, torch.device("cpu"), scheduler=sched, metric_fn=accuracy,
         monitor="acc", seed=0, progress=False, ema_decay=args.ema_decay,

@@ -33,8 +33,10 @@ flag                          default    why
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +45,7 @@ from torch import nn
 __all__ = [
     "RECIPES",
     "TIMM_RECIPE",
+    "TimmRecipe",
     "add_recipe_args",
     "build_timm_training",
     "resolve_recipe",
@@ -133,36 +136,54 @@ def resolve_recipe(
     return profile, {**quick, "lr": 1e-3}
 
 
+@dataclass(frozen=True)
+class TimmRecipe:
+    """The settings of the timm recipe (the flags of the same names, resolved by
+    :func:`resolve_recipe`): what :func:`build_timm_training` builds."""
+
+    lr: float
+    epochs: int
+    weight_decay: float = TIMM_RECIPE["weight_decay"]
+    opt: str = TIMM_RECIPE["opt"]
+    warmup_epochs: float = TIMM_RECIPE["warmup_epochs"]
+    min_lr: float = TIMM_RECIPE["min_lr"]
+    layer_decay: float | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TimmRecipe:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
 def build_timm_training(
-    model: nn.Module, args: argparse.Namespace, steps_per_epoch: int
+    model: nn.Module, recipe: TimmRecipe, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, Any]:
     """The timm recipe's optimizer (``create_optimizer_v2``) and per-step cosine scheduler with
-    warm-up (``CosineLRScheduler``, ``t_in_epochs=False``) over ``args.epochs`` epochs."""
+    warm-up (``CosineLRScheduler``, ``t_in_epochs=False``) over ``recipe.epochs`` epochs."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
     kwargs: dict[str, Any] = {}
-    if args.layer_decay is not None:
+    if recipe.layer_decay is not None:
         if not hasattr(model, "group_matcher"):
             raise ValueError(
                 f"--layer-decay needs a model with timm's group_matcher; "
                 f"{type(model).__name__} has none"
             )
-        kwargs["layer_decay"] = args.layer_decay
+        kwargs["layer_decay"] = recipe.layer_decay
     try:
         optimizer = create_optimizer_v2(
-            model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **kwargs
+            model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, **kwargs
         )
     except (AssertionError, ValueError) as err:
-        raise ValueError(f"--opt {args.opt}: {err}") from None
-    total = max(1, args.epochs * steps_per_epoch)
-    warmup = min(round(args.warmup_epochs * steps_per_epoch), total - 1)
+        raise ValueError(f"--opt {recipe.opt}: {err}") from None
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = min(round(recipe.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=total - warmup,
-        lr_min=args.min_lr,
+        lr_min=recipe.min_lr,
         warmup_t=warmup,
-        warmup_lr_init=args.lr / 100,
+        warmup_lr_init=recipe.lr / 100,
         warmup_prefix=True,
         t_in_epochs=False,
     )
