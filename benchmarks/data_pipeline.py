@@ -49,7 +49,7 @@ from examples.isic import (  # noqa: E402
     arl_train_transform,
     attnmel_train_transform,
 )
-from examples.isic.synthetic import render_lesion  # noqa: E402
+from examples.isic.data.synthetic import render_lesion  # noqa: E402
 
 TARGET_PATCHES_PER_S = 200.0
 

@@ -58,7 +58,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.cache import default_cache_dir
+from examples.isic.data.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer
 from examples.isic.metrics import ci_method

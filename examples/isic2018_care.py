@@ -66,12 +66,12 @@ from examples.isic.cli import (
     write_json,
     write_skipped,
 )
+from examples.isic.data.synthetic2018 import default_synthetic2018_root
+from examples.isic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer, atomic_save
 from examples.isic.metrics import multiclass_metrics, write_predictions_csv
 from examples.isic.report import flatten_metrics, format_multiclass_table
-from examples.isic.synthetic2018 import default_synthetic2018_root
-from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
 
 CLASSES = ISIC2018Dataset.class_names

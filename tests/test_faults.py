@@ -30,16 +30,16 @@ from examples import isic2017_arl as arl
 from examples import isic2017_attnmel as attnmel
 from examples import isic2018_care as care
 from examples.isic import ISIC2017Dataset, ISIC2018Dataset, cli
-from examples.isic.cache import (
+from examples.isic.checkpointing import config_differences
+from examples.isic.data.cache import (
     ResizedImageCache,
     atomic_write,
     default_cache_dir,
     load_image,
     load_mask,
 )
-from examples.isic.checkpointing import config_differences
+from examples.isic.data.synthetic import cached_dataset
 from examples.isic.engine import NonFiniteError, Trainer
-from examples.isic.synthetic import cached_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning")
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from examples.isic import ImageReadError, ISIC2017Dataset, ResizedImageCache, load_image, load_mask
-from examples.isic.cache import atomic_write, target_size
+from examples.isic.data.cache import atomic_write, target_size
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -121,7 +121,7 @@ def test_dataset_with_cache_matches_direct_resize(tmp_path):
 
 
 def test_warm_build_reads_headers_only(tmp_path, monkeypatch):
-    import examples.isic.cache as cache_mod
+    import examples.isic.data.cache as cache_mod
 
     img = _jpeg(tmp_path / "a.jpg", 300, 200)
     mask = np.zeros((200, 300), np.uint8)

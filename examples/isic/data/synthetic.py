@@ -197,7 +197,7 @@ def default_synthetic_root(
     """The synthetic dataset for these settings, generated once into the cache and reused.
 
     The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
-    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`); the data go to
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.data.cache.default_cache_dir`); the data go to
     ``<cache>/synthetic/isic2017-<settings hash>``, built in a temporary folder beside it and
     renamed into place (atomic: concurrent callers never see a half-written dataset).
     """
@@ -219,7 +219,7 @@ def cached_dataset(
     """``<cache>/synthetic/<name>-<hash of key>``, built once by ``build(folder)`` and reused.
 
     The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
-    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`). The data are
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.data.cache.default_cache_dir`). The data are
     built in a temporary folder beside the final one and renamed into place, so concurrent callers
     never see a half-written dataset.
     """

@@ -29,7 +29,7 @@ ISIC 2017) are ignored. Nothing under ``root`` is ever written to.
 
 Loading: ``image_size`` resizes on the fly (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` =
 exact); with ``cache_dir`` as well, resized copies are stored once in a
-:class:`~examples.isic.cache.ResizedImageCache` (built at construction with ``cache_workers``
+:class:`~examples.isic.data.cache.ResizedImageCache` (built at construction with ``cache_workers``
 processes and a progress bar). ``skip_bad=True`` decodes every image at construction and leaves the
 unreadable ones out with a logged warning (counted in ``summary()``); otherwise a bad image raises
 an error naming the file. ``load_masks=False`` skips reading masks (``has_mask`` False, ``mask``
@@ -191,7 +191,7 @@ class ISIC2018Dataset(ISICDataset):
     ``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_LesionGroupings.csv``.
 
     There is no official validation split: ``split`` selects from a stratified split grouped by
-    lesion (no lesion in two splits), see :func:`~examples.isic.splits.lesion_split`. With
+    lesion (no lesion in two splits), see :func:`~examples.isic.data.splits.lesion_split`. With
     ``split_file`` the split is read from that JSON file when it exists, else computed and saved
     there (atomically); a file made with another seed or other fractions is recomputed, or with
     ``split_mismatch="error"`` refused (``ValueError``); ``split="all"`` takes every image.

@@ -1,6 +1,6 @@
 """The dataset base class and the CSV/image-file helpers shared by the ISIC releases.
 
-See ``data.py`` for the item format and the per-release classes.
+See ``datasets.py`` for the item format and the per-release classes.
 """
 
 from __future__ import annotations
