@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [(i, "cannot read image (logged when the split was read)") for i in data.skipped] + bad
     unreadable = out.with_name(f"{out.stem}.unreadable.txt")
     if bad:
-        from examples.isic.data.cache import atomic_write
+        from examples.run.files import atomic_write
 
         text = "".join(f"{i}\t{reason}\n" for i, reason in bad)
         atomic_write(unreadable, lambda fh: fh.write(text.encode()))

@@ -31,15 +31,11 @@ from examples import isic2017_attnmel as attnmel
 from examples import isic2018_care as care
 from examples.isic import ISIC2017Dataset, ISIC2018Dataset, cli
 from examples.isic.checkpointing import config_differences
-from examples.isic.data.cache import (
-    ResizedImageCache,
-    atomic_write,
-    default_cache_dir,
-    load_image,
-    load_mask,
-)
+from examples.isic.data.cache import ResizedImageCache, default_cache_dir
+from examples.isic.data.images import load_image, load_mask
 from examples.isic.data.synthetic import cached_dataset
 from examples.isic.engine import NonFiniteError, Trainer
+from examples.run.files import atomic_write
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning")
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from examples.isic import ImageReadError, ISIC2017Dataset, ResizedImageCache, load_image, load_mask
-from examples.isic.data.cache import atomic_write, target_size
+from examples.isic.data.images import target_size
+from examples.run.files import atomic_write
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -79,7 +80,7 @@ def test_cache_reuse_invalidation_and_settings(tmp_path):
     # a damaged entry is rebuilt
     cache.image_entry(src).write_bytes(b"garbage")
     assert cache.get_image(src).size == (160, 120)
-    leftovers = [p for p in (tmp_path / "cache").rglob(".tmp-*")]
+    leftovers = [p for p in (tmp_path / "cache").rglob(".*")]  # no temporary file left
     assert not leftovers
 
 

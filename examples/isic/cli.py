@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .data.cache import atomic_write
+from ..run.files import atomic_write
 from .distributed import DistInfo, init_distributed
 from .engine import AMP_DTYPES
 from .runtime import RunError

@@ -2,9 +2,10 @@
 importable from ``examples.isic``).
 
 - ``datasets``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`
-  (``base``: the shared :class:`ISICDataset` and CSV reading).
+  (``base``: the shared :class:`ISICDataset`; ``layout``: reading the official CSVs and files).
 - ``splits``: the lesion-grouped stratified split of ISIC 2018.
-- ``cache``: :class:`ResizedImageCache` (JPEG draft-mode decode, atomic, invalidating).
+- ``images``: decoding images (JPEG draft mode) and lesion masks (any common encoding).
+- ``cache``: :class:`ResizedImageCache` (decode once, atomic, invalidating).
 - ``transforms``: the ARL / AttnMel pipelines, gray world, mean/std (``patches``: the geometric
   pieces -- central patches, 9 test views, AttnMel crops, rot90).
 - ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
@@ -12,7 +13,7 @@ importable from ``examples.isic``).
   (``synthetic2018``: the ISIC 2018 counterpart).
 """
 
-from .cache import ImageReadError, ResizedImageCache, load_image, load_mask
+from .cache import ResizedImageCache
 from .datasets import (
     ISIC2017_TASKS,
     ISIC2016Dataset,
@@ -20,6 +21,7 @@ from .datasets import (
     ISIC2018Dataset,
     ISICDataset,
 )
+from .images import ImageReadError, load_image, load_mask
 from .sampling import (
     OversamplingSampler,
     WeightedSampler,

@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import ISICDataset, _as_float, _find_image, _optional, _unique_rows, read_label_csv
+from .base import ISICDataset
+from .layout import binary_columns, find_image, optional_file, read_label_csv, unique_rows
 
 __all__ = [
     "ISIC2016Dataset",
@@ -104,8 +105,8 @@ class ISIC2017Dataset(ISICDataset):
         csv_path = root / f"{prefix}_Part3_GroundTruth.csv"
         columns = ("image_id", *self.csv_columns)
         ids, raw = read_label_csv(csv_path, columns)
-        values = _as_float(raw, csv_path, columns[1:])
-        ids, values = _unique_rows(ids, values, csv_path, kwargs.get("skip_bad", False))
+        values = binary_columns(raw, csv_path, columns[1:])
+        ids, values = unique_rows(ids, values, csv_path, kwargs.get("skip_bad", False))
         both = np.flatnonzero(values.sum(1) > 1)
         if len(both):
             raise ValueError(
@@ -122,8 +123,8 @@ class ISIC2017Dataset(ISICDataset):
             self.class_names = ("other", task)
         self.split = split
         data_dir, mask_dir = root / f"{prefix}_Data", root / f"{prefix}_Part1_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
             root, ids, images, masks, labels, task, transform, cache_dir, image_size,
             source=str(csv_path), **kwargs,
@@ -169,12 +170,12 @@ class ISIC2016Dataset(ISICDataset):
                 f"{csv_path}: labels must be benign/malignant or 0/1, found {sorted(set(bad))[:5]}"
             )
         labels = np.array([mapping[v.lower()] for v in raw[:, 0]], dtype=np.int64)
-        ids, labels = _unique_rows(ids, labels, csv_path, kwargs.get("skip_bad", False))
+        ids, labels = unique_rows(ids, labels, csv_path, kwargs.get("skip_bad", False))
         self.split = split
         data_dir = root / f"ISBI2016_ISIC_Part3_{name}_Data"
         mask_dir = root / f"ISBI2016_ISIC_Part1_{name}_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_Segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_Segmentation.png") for i in ids]
         super().__init__(
             root, ids, images, masks, labels, task, transform, cache_dir, image_size,
             source=str(csv_path), **kwargs,
@@ -228,8 +229,8 @@ class ISIC2018Dataset(ISICDataset):
         csv_path = gt_dir / "ISIC2018_Task3_Training_GroundTruth.csv"
         columns = ("image", *self.class_names)
         ids, raw = read_label_csv(csv_path, columns)
-        onehot = _as_float(raw, csv_path, columns[1:])
-        ids, onehot = _unique_rows(ids, onehot, csv_path, kwargs.get("skip_bad", False))
+        onehot = binary_columns(raw, csv_path, columns[1:])
+        ids, onehot = unique_rows(ids, onehot, csv_path, kwargs.get("skip_bad", False))
         bad = np.flatnonzero(onehot.sum(1) != 1)
         if len(bad):
             raise ValueError(f"{csv_path}: {len(bad)} rows are not one-hot (first: {ids[bad[0]]})")
@@ -245,8 +246,8 @@ class ISIC2018Dataset(ISICDataset):
             ids, labels = [ids[k] for k in keep], labels[keep]
         data_dir = root / "ISIC2018_Task3_Training_Input"
         mask_dir = root / "ISIC2018_Task1_Training_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
             root, ids, images, masks, labels, task, transform, cache_dir, image_size,
             source=str(csv_path), **kwargs,

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cache import _umask, default_cache_dir
+from ...run.files import _umask
+from .cache import default_cache_dir
 
 __all__ = [
     "CLASS_FRACTIONS",
