@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ds_task = "3class" if args.task == "both" else args.task
     tasks = report.isic2017_tasks(ds_task)
-    load = {"image_size": args.load_size, "progress": info.is_main and args.progress,
+    load = {"load_size": args.load_size, "progress": info.is_main and args.progress,
             "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"

@@ -217,7 +217,7 @@ def build_datasets(
     model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
-        "image_size": args.load_size, "progress": info.is_main and args.progress,
+        "load_size": args.load_size, "progress": info.is_main and args.progress,
         "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
     }  # fmt: skip
     if args.load_size is not None:

@@ -250,7 +250,7 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
     sets = {}
     for split in ("train", "val", "test"):
         base = ISIC2018Dataset(
-            root, split, split_file=out / "split.json", image_size=load_size,
+            root, split, split_file=out / "split.json", load_size=load_size,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             split_mismatch="error" if args.resume else "replace", skip_bad=args.skip_bad,
             cache_workers=args.workers, verify=True, progress=False,

@@ -110,9 +110,9 @@ def test_dataset_with_cache_matches_direct_resize(tmp_path):
     from examples.isic import make_synthetic_isic2017
 
     root = make_synthetic_isic2017(tmp_path / "d", n_train=6, n_val=3, n_test=3, size=96, seed=2)
-    direct = ISIC2017Dataset(root, "train", image_size=48)
+    direct = ISIC2017Dataset(root, "train", load_size=48)
     cached = ISIC2017Dataset(
-        root, "train", image_size=48, cache_dir=tmp_path / "c", cache_workers=0, progress=False
+        root, "train", load_size=48, cache_dir=tmp_path / "c", cache_workers=0, progress=False
     )
     assert len(list(cached.cache.folder.iterdir())) == 12  # 6 images + 6 masks, built up front
     a, b = direct[1], cached[1]

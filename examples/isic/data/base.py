@@ -41,7 +41,7 @@ class ISICDataset(torch.utils.data.Dataset):
         task: str,
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         cache_workers: int = 0,
         skip_bad: bool = False,
         progress: bool = True,
@@ -53,7 +53,7 @@ class ISICDataset(torch.utils.data.Dataset):
         self.load_masks = load_masks
         self.task = task
         self.transform = transform
-        self.image_size = image_size
+        self.load_size = load_size
         missing = [k for k, p in enumerate(image_paths) if p is None]
         if missing and not skip_bad:
             raise FileNotFoundError(
@@ -63,10 +63,10 @@ class ISICDataset(torch.utils.data.Dataset):
             )
         self.cache: ResizedImageCache | None = None
         if cache_dir is not None:
-            if image_size is None:
-                raise ValueError("cache_dir needs image_size (int shorter side or (h, w))")
+            if load_size is None:
+                raise ValueError("cache_dir needs load_size (int shorter side or (h, w))")
             check_outside(cache_dir, [self.root])
-            self.cache = ResizedImageCache(cache_dir, image_size)
+            self.cache = ResizedImageCache(cache_dir, load_size)
         # (id, file, reason) of every image left out
         self.bad_files: list[tuple[str, str, str]] = [
             (ids[k], "", f"no image file for {ids[k]} in the data folder") for k in missing
@@ -134,7 +134,7 @@ class ISICDataset(torch.utils.data.Dataset):
             h, w = image.shape[-2:]
             mask = None if mask_path is None else self.cache.get_mask_tensor(mask_path, (w, h))
         else:
-            im = load_image(path, self.image_size)
+            im = load_image(path, self.load_size)
             image = TF.pil_to_tensor(im)
             mask = None
             if mask_path is not None:

@@ -90,9 +90,9 @@ class ResizedImageCache:
         """Path of the cached copy of ``src`` (may not exist yet)."""
         return self._entry(Path(src), "image")
 
-    def _mask_entry(self, src: str | os.PathLike, image_size: tuple[int, int]) -> Path:
+    def _mask_entry(self, src: str | os.PathLike, image_wh: tuple[int, int]) -> Path:
         # "rule2": masks binarised by mask_to_binary (0/1 masks were read as empty before)
-        return self._entry(Path(src), "mask", f"{image_size[0]}x{image_size[1]}|rule2")
+        return self._entry(Path(src), "mask", f"{image_wh[0]}x{image_wh[1]}|rule2")
 
     def get_image(self, src: str | os.PathLike) -> Image.Image:
         """The resized RGB image of ``src``; decoded and stored on first use."""
@@ -106,15 +106,16 @@ class ResizedImageCache:
         _atomic_save(im, entry, format="JPEG", quality=self.quality)
         return im
 
-    def get_mask(self, src: str | os.PathLike, image_size: tuple[int, int]) -> Image.Image:
-        """The binary mask of ``src`` resized (nearest) to ``image_size = (width, height)``."""
-        entry = self._mask_entry(src, image_size)
+    def get_mask(self, src: str | os.PathLike, image_wh: tuple[int, int]) -> Image.Image:
+        """The binary mask of ``src`` resized (nearest) to ``image_wh = (width, height)``,
+        the size of its image."""
+        entry = self._mask_entry(src, image_wh)
         if entry.exists():
             try:
                 return load_mask(entry)
             except ImageReadError:
                 entry.unlink(missing_ok=True)
-        mask = load_mask(src, image_size)
+        mask = load_mask(src, image_wh)
         _atomic_save(mask.convert("1"), entry, format="PNG")
         return mask
 
@@ -122,9 +123,9 @@ class ResizedImageCache:
         """:meth:`get_image` as a uint8 ``(3, H, W)`` tensor."""
         return torch.from_numpy(np.array(self.get_image(src))).permute(2, 0, 1)
 
-    def get_mask_tensor(self, src: str | os.PathLike, image_size: tuple[int, int]) -> torch.Tensor:
-        """:meth:`get_mask` as a uint8 ``(1, H, W)`` tensor of 0/1; ``image_size = (w, h)``."""
-        entry = self._mask_entry(src, image_size)
+    def get_mask_tensor(self, src: str | os.PathLike, image_wh: tuple[int, int]) -> torch.Tensor:
+        """:meth:`get_mask` as a uint8 ``(1, H, W)`` tensor of 0/1; ``image_wh = (w, h)``."""
+        entry = self._mask_entry(src, image_wh)
         if entry.exists():
             try:
                 with Image.open(entry) as im:
@@ -135,7 +136,7 @@ class ResizedImageCache:
                 ]
             except (OSError, SyntaxError, ValueError):
                 entry.unlink(missing_ok=True)
-        return (torch.from_numpy(np.asarray(self.get_mask(src, image_size))) > 127).to(torch.uint8)[
+        return (torch.from_numpy(np.asarray(self.get_mask(src, image_wh))) > 127).to(torch.uint8)[
             None
         ]
 

@@ -27,7 +27,7 @@ official ground-truth columns, for :func:`~examples.isic.metrics.write_predictio
 Labels come from the CSVs only; files the CSV does not list (the ``*_superpixels.png`` files of
 ISIC 2017) are ignored. Nothing under ``root`` is ever written to.
 
-Loading: ``image_size`` resizes on the fly (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` =
+Loading: ``load_size`` resizes on decode (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` =
 exact); with ``cache_dir`` as well, resized copies are stored once in a
 :class:`~examples.isic.data.cache.ResizedImageCache` (built at construction with ``cache_workers``
 processes and a progress bar). ``skip_bad=True`` decodes every image at construction and leaves the
@@ -76,7 +76,7 @@ class ISIC2017Dataset(ISICDataset):
             ``"seborrheic_keratosis"`` (``("other", "seborrheic_keratosis")``), ``"3class"``
             (``("nevus", "melanoma", "seborrheic_keratosis")``; label 0/1/2) or ``"both"`` (float
             vector ``[melanoma, seborrheic_keratosis]``, the official prediction columns).
-        transform, cache_dir, image_size, cache_workers, skip_bad, progress: see module docstring.
+        transform, cache_dir, load_size, cache_workers, skip_bad, progress: see module docstring.
     """
 
     csv_columns = ("melanoma", "seborrheic_keratosis")
@@ -89,7 +89,7 @@ class ISIC2017Dataset(ISICDataset):
         task: str = "melanoma",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         if split not in _2017_PREFIX:
@@ -126,7 +126,7 @@ class ISIC2017Dataset(ISICDataset):
         images = [find_image(data_dir, i) for i in ids]
         masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
 
@@ -150,7 +150,7 @@ class ISIC2016Dataset(ISICDataset):
         task: str = "malignant",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         names = {"train": "Training", "test": "Test"}
@@ -177,7 +177,7 @@ class ISIC2016Dataset(ISICDataset):
         images = [find_image(data_dir, i) for i in ids]
         masks = [optional_file(mask_dir / f"{i}_Segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
 
@@ -208,7 +208,7 @@ class ISIC2018Dataset(ISICDataset):
         task: str = "7class",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         split_seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
@@ -249,7 +249,7 @@ class ISIC2018Dataset(ISICDataset):
         images = [find_image(data_dir, i) for i in ids]
         masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
         self.lesion_ids = [groups[i] for i in self.ids]  # lesion of each image, for grouping

@@ -109,12 +109,12 @@ def mask_to_binary(im: Image.Image) -> np.ndarray:
     return arr > 127
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Image.Image:
+def load_mask(path: str | os.PathLike, image_wh: tuple[int, int] | None = None) -> Image.Image:
     """Decode a lesion mask as a binary ``L`` image (0/255), resized with nearest to ``size``.
 
     Every common encoding is read: 0/255 and 0/1 8-bit PNGs, bilevel (1-bit), palette, colour and
-    16-bit PNGs; see :func:`mask_to_binary` for the rule. ``size`` is ``(width, height)`` -- the
-    size of the image the mask belongs to; a mask whose size differs from its image is resized to
+    16-bit PNGs; see :func:`mask_to_binary` for the rule. ``image_wh`` is ``(width, height)`` --
+    the size of the image the mask belongs to; a mask whose size differs from its image is resized to
     it (after binarising), never rejected.
     """
     path = Path(path)
@@ -125,8 +125,8 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> I
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read mask {path}: {err}") from err
     out = Image.fromarray(binary.astype(np.uint8) * 255, mode="L")
-    if size is not None and out.size != tuple(size):
-        out = out.resize(tuple(size), Image.Resampling.NEAREST)
+    if image_wh is not None and out.size != tuple(image_wh):
+        out = out.resize(tuple(image_wh), Image.Resampling.NEAREST)
     return out
 
 
