@@ -384,7 +384,7 @@ def test_zero_one_masks_load_like_zero_255_masks(mini2017: Path, tmp_path: Path)
     for path in reference.mask_paths[:3]:
         arr = np.asarray(Image.open(path))
         Image.fromarray((arr > 127).astype(np.uint8)).save(path)  # now 0/1
-    for kw in ({}, {"image_size": 64, "cache_dir": tmp_path / "cache", "progress": False}):
+    for kw in ({}, {"load_size": 64, "cache_dir": tmp_path / "cache", "progress": False}):
         ds = ISIC2017Dataset(mini2017, "val", "melanoma", **kw)
         for k in range(3):
             mask = ds.load(k)[1]
