@@ -5,11 +5,12 @@ See ``datasets.py`` for the item format and the per-release classes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,16 +19,24 @@ from torchvision.transforms.v2 import functional as TF
 
 from .cache import ResizedImageCache, check_outside
 from .images import ImageReadError, load_image, load_mask, verify_files
+from .subsets import check_indices, first_per_class, random_indices, stratified_holdout
 
 __all__ = ["ISICDataset"]
 
 log = logging.getLogger(__name__)
+D = TypeVar("D", bound="ISICDataset")
 
 
 class ISICDataset(torch.utils.data.Dataset):
-    """Base class: a list of ``(id, image path, mask path or None)`` records plus labels."""
+    """Base class: a list of ``(id, image path, mask path or None)`` records plus labels.
+
+    :meth:`subset` (and :meth:`limit`, :meth:`sample`, :meth:`holdout`, built on it) gives a
+    dataset of the same class holding some of the images.
+    """
 
     class_names: tuple[str, ...] = ()
+    # attributes holding one entry per image, in dataset order (what subset() selects from)
+    per_image: tuple[str, ...] = ("ids", "image_paths", "mask_paths", "labels")
     csv_columns: tuple[str, ...] = ()
     csv_id_column: str = "image"
 
@@ -102,6 +111,7 @@ class ISICDataset(torch.utils.data.Dataset):
         self.image_paths = [image_paths[k] for k in keep]
         self.mask_paths = [mask_paths[k] for k in keep]
         self.labels = labels[keep]
+        self.selections: list[str] = []  # how a subset was chosen, for summary()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,13 +124,61 @@ class ISICDataset(torch.utils.data.Dataset):
         return {n: int(c) for n, c in zip(self.class_names, counts, strict=True)}
 
     def summary(self) -> str:
-        """One line: size, class counts, masks present and images skipped."""
+        """One line: size, class counts, masks present, images skipped and, for a subset, how it
+        was chosen."""
         masks = sum(p is not None for p in self.mask_paths)
+        chosen = f" ({'; '.join(self.selections)})" if self.selections else ""
         return (
             f"{type(self).__name__}(task={self.task!r}, split={getattr(self, 'split', '-')!r}): "
             f"{len(self)} images, classes {self.class_counts()}, {masks} with masks, "
-            f"{len(self.skipped)} skipped"
+            f"{len(self.skipped)} skipped{chosen}"
         )
+
+    def subset(self: D, indices: Sequence[int] | np.ndarray | torch.Tensor, why: str = "") -> D:
+        """The images at ``indices`` (in that order) as a dataset of this class.
+
+        Every per-image attribute (:attr:`per_image`: ids, image and mask paths, labels, and the
+        lesion ids of ISIC 2018) is taken at ``indices``, so ``class_counts()`` and ``summary()``
+        count the subset; ``skipped`` and ``bad_files`` stay those of the split read from disk
+        (unreadable images, in neither dataset). Transform, cache and loading settings are
+        shared. ``why`` (e.g. ``"limit 60"``) is listed by ``summary()``.
+
+        Raises ``TypeError`` for non-integer indices and ``ValueError`` for negative,
+        out-of-range or repeated ones.
+        """
+        keep = check_indices(indices, len(self))
+        sub = copy.copy(self)
+        for name in self.per_image:
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                setattr(sub, name, value[keep])
+            else:
+                setattr(sub, name, [value[k] for k in keep.tolist()])
+        sub.skipped, sub.bad_files = list(self.skipped), list(self.bad_files)
+        sub.selections = [*self.selections, f"{why or 'subset'}: {len(keep)} of {len(self)}"]
+        return sub
+
+    def limit(self: D, n: int) -> D:
+        """At most ``n`` images: the first ``max(1, n // classes)`` of each class, in dataset
+        order (``--limit``; deterministic, see :func:`~.subsets.first_per_class`)."""
+        return self.subset(first_per_class(self.labels, n), f"limit {n}")
+
+    def sample(self: D, n: int, seed: int) -> D:
+        """``n`` images drawn with ``seed``, kept in dataset order (all when ``n >= len(self)``;
+        ``--train-limit``, see :func:`~.subsets.random_indices`)."""
+        return self.subset(random_indices(len(self), n, seed), f"sample {n}, seed {seed}")
+
+    def holdout(self: D, fraction: float, seed: int, part: str) -> D:
+        """A seeded stratified ``fraction`` of each class (``part="held_out"``), or the other
+        images (``part="rest"``); see :func:`~.subsets.stratified_holdout`. The two parts of one
+        ``fraction`` and ``seed`` split the dataset."""
+        held = stratified_holdout(self.labels, fraction, seed)
+        if part == "held_out":
+            return self.subset(held, f"held-out {fraction:g}, seed {seed}")
+        if part == "rest":
+            rest = np.setdiff1d(np.arange(len(self)), held)
+            return self.subset(rest, f"rest after holding out {fraction:g}, seed {seed}")
+        raise ValueError(f"holdout part must be 'held_out' or 'rest', got {part!r}")
 
     def __repr__(self) -> str:
         return self.summary()

@@ -200,6 +200,7 @@ class ISIC2018Dataset(ISICDataset):
 
     class_names = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
     csv_columns = class_names
+    per_image = (*ISICDataset.per_image, "lesion_ids")
 
     def __init__(
         self,
