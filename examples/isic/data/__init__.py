@@ -2,7 +2,8 @@
 importable from ``examples.isic``).
 
 - ``datasets``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`
-  (``base``: the shared :class:`ISICDataset`; ``layout``: reading the official CSVs and files).
+  (``base``: the shared :class:`ISICDataset` with ``subset``/``limit``/``sample``/``holdout``;
+  ``subsets``: the rules choosing their images; ``layout``: reading the official CSVs and files).
 - ``splits``: the lesion-grouped stratified split of ISIC 2018.
 - ``images``: decoding images (JPEG draft mode) and lesion masks (any common encoding).
 - ``cache``: :class:`ResizedImageCache` (decode once, atomic, invalidating).
