@@ -46,7 +46,15 @@ from typing import Any
 import numpy as np
 
 from .base import ISICDataset
-from .layout import binary_columns, find_image, optional_file, read_label_csv, unique_rows
+from .layout import (
+    ISIC2017_PREFIX,
+    ISIC2018_CLASSES,
+    binary_columns,
+    find_image,
+    optional_file,
+    read_label_csv,
+    unique_rows,
+)
 
 __all__ = [
     "ISIC2016Dataset",
@@ -57,11 +65,6 @@ __all__ = [
     "read_label_csv",
 ]
 
-_2017_PREFIX = {
-    "train": "ISIC-2017_Training",
-    "val": "ISIC-2017_Validation",
-    "test": "ISIC-2017_Test_v2",
-}
 ISIC2017_TASKS = ("melanoma", "seborrheic_keratosis", "3class", "both")
 
 
@@ -92,16 +95,16 @@ class ISIC2017Dataset(ISICDataset):
         load_size: int | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if split not in _2017_PREFIX:
+        if split not in ISIC2017_PREFIX:
             raise ValueError(
-                f"ISIC2017Dataset split must be one of {list(_2017_PREFIX)}, got {split!r}"
+                f"ISIC2017Dataset split must be one of {list(ISIC2017_PREFIX)}, got {split!r}"
             )
         if task not in ISIC2017_TASKS:
             raise ValueError(
                 f"ISIC2017Dataset task must be one of {list(ISIC2017_TASKS)}, got {task!r}"
             )
         root = Path(root)
-        prefix = _2017_PREFIX[split]
+        prefix = ISIC2017_PREFIX[split]
         csv_path = root / f"{prefix}_Part3_GroundTruth.csv"
         columns = ("image_id", *self.csv_columns)
         ids, raw = read_label_csv(csv_path, columns)
@@ -198,7 +201,7 @@ class ISIC2018Dataset(ISICDataset):
     ``split_mismatch="error"`` refused (``ValueError``); ``split="all"`` takes every image.
     """
 
-    class_names = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+    class_names = ISIC2018_CLASSES
     csv_columns = class_names
     per_image = (*ISICDataset.per_image, "lesion_ids")
 

@@ -10,10 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["find_image", "optional_file", "read_label_csv", "binary_columns", "unique_rows"]
+__all__ = [
+    "ISIC2017_PREFIX",
+    "ISIC2018_CLASSES",
+    "binary_columns",
+    "find_image",
+    "optional_file",
+    "read_label_csv",
+    "unique_rows",
+]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+#: file-name prefix of each ISIC 2017 split (``<prefix>_Data/``, ``<prefix>_Part3_GroundTruth.csv``)
+ISIC2017_PREFIX = {
+    "train": "ISIC-2017_Training",
+    "val": "ISIC-2017_Validation",
+    "test": "ISIC-2017_Test_v2",
+}
+#: the ISIC 2018 task 3 classes, in the order of the ground-truth CSV's columns
+ISIC2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
 
 def read_label_csv(

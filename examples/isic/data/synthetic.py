@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ...run.files import _umask
 from .cache import default_cache_dir
+from .layout import ISIC2017_PREFIX
 
 __all__ = [
     "CLASS_FRACTIONS",
@@ -47,11 +48,6 @@ __all__ = [
 
 #: fraction of (nevus, melanoma, seborrheic keratosis) images per split
 CLASS_FRACTIONS = (0.45, 0.30, 0.25)
-_PREFIX = {
-    "train": "ISIC-2017_Training",
-    "val": "ISIC-2017_Validation",
-    "test": "ISIC-2017_Test_v2",
-}
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -134,7 +130,7 @@ def render_lesion(rng: np.random.Generator, cls: int, size: int) -> tuple[np.nda
 
 
 def _write_split(root: Path, split: str, n: int, size: int, rng: np.random.Generator, start: int):
-    prefix = _PREFIX[split]
+    prefix = ISIC2017_PREFIX[split]
     data_dir, mask_dir = root / f"{prefix}_Data", root / f"{prefix}_Part1_GroundTruth"
     data_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)

@@ -47,6 +47,7 @@ from torchvision.transforms import v2
 
 from .patches import (
     ARL_SCALES,
+    BILINEAR,
     ARLPatchAugment,
     CentralPatchCrop,
     CentralSquareCrop,
@@ -74,7 +75,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BILINEAR = v2.InterpolationMode.BILINEAR
 
 
 def gray_world(image: Tensor, eps: float = 1e-6) -> Tensor:
