@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.is_main:
         cli.write_skipped(out, splits)
     if args.limit is not None:
-        splits = {k: cli.LimitedDataset(v, args.limit) for k, v in splits.items()}
+        splits = {k: v.limit(args.limit) for k, v in splits.items()}
     cli.check_not_empty(splits, root)
     train, val, test = splits["train"], splits["val"], splits["test"]
     sampler = OversamplingSampler(train.labels, base_repeats=args.patches_per_image, seed=args.seed)
