@@ -94,9 +94,13 @@ def test_limit_takes_the_first_images_of_each_class_in_dataset_order(train):
 
 def test_limit_of_multi_label_rows_counts_each_row_as_a_class(synth, train):
     both = ISIC2017Dataset(synth, "train", task="both")
-    assert both.limit(6).ids == train.limit(6).ids  # rows (0,0) (1,0) (0,1) = the 3 classes
-    np.testing.assert_array_equal(both.limit(6).labels, both.labels[[train.ids.index(i) for i in
-                                                                     both.limit(6).ids]])  # fmt: skip
+    limited = both.limit(6)
+    assert limited.ids == train.limit(6).ids  # rows (0,0) (1,0) (0,1) = the 3 classes
+    positions = [both.ids.index(i) for i in limited.ids]
+    np.testing.assert_array_equal(limited.labels, both.labels[positions])
+    assert limited.labels.shape == (6, 2) and limited.class_counts() == {
+        "melanoma": 2, "seborrheic_keratosis": 2
+    }  # fmt: skip
 
 
 def test_sample_draws_with_the_seed_and_keeps_dataset_order(train):

@@ -22,13 +22,16 @@ The transform is called as ``image, mask = transform(image, mask)`` with ``image
 Every dataset exposes ``ids`` (list of str), ``labels`` (numpy: int64 ``(N,)`` or float32
 ``(N, K)`` for ``"both"``), ``class_names``, ``task``, ``csv_columns`` and ``csv_id_column`` (the
 official ground-truth columns, for :func:`~examples.isic.metrics.write_predictions_csv`),
-``skipped`` (ids left out because their image could not be read) and ``summary()``.
+``skipped`` (ids left out because their image could not be read), ``summary()`` and
+``subset(indices)`` (a dataset of the same class holding those images; ``limit``, ``sample`` and
+``holdout`` choose them by rule, see :class:`~examples.isic.data.base.ISICDataset`).
 
 Labels come from the CSVs only; files the CSV does not list (the ``*_superpixels.png`` files of
 ISIC 2017) are ignored. Nothing under ``root`` is ever written to.
 
-Loading: ``load_size`` resizes on decode (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` =
-exact); with ``cache_dir`` as well, resized copies are stored once in a
+Loading: ``load_size`` (the scripts' ``--load-size``; the network input size is the transforms'
+business) resizes on decode (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` = exact); with
+``cache_dir`` as well, resized copies are stored once in a
 :class:`~examples.isic.data.cache.ResizedImageCache` (built at construction with ``cache_workers``
 processes and a progress bar). ``skip_bad=True`` decodes every image at construction and leaves the
 unreadable ones out with a logged warning (counted in ``summary()``); otherwise a bad image raises
