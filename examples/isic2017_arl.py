@@ -51,7 +51,7 @@ from examples.isic import (
     default_synthetic_root,
     weights,
 )
-from examples.isic.cache import default_cache_dir
+from examples.isic.data.cache import default_cache_dir
 from examples.isic.eval import (
     isic2017_metrics,
     isic2017_scores,
@@ -253,7 +253,7 @@ def build_datasets(
 ) -> dict[str, Any]:
     """The train/val/test splits (``ISIC2017Dataset``), their transforms normalising with
     ``mean``/``std`` (the model's ``pretrained_cfg``); at most ``--limit`` images each."""
-    load = {"image_size": args.load_size, "progress": dist_info.is_main and args.progress,
+    load = {"load_size": args.load_size, "progress": dist_info.is_main and args.progress,
             "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
@@ -269,7 +269,7 @@ def build_datasets(
     if dist_info.is_main:
         data_root.write_skipped(args.out, splits)
     if args.limit is not None:
-        splits = {k: data_root.LimitedDataset(v, args.limit) for k, v in splits.items()}
+        splits = {k: v.limit(args.limit) for k, v in splits.items()}
     data_root.check_not_empty(splits, root)
     return splits
 

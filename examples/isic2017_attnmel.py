@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # `python examples/isic2017_attnmel.py` from the 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 import attnblocks as ab
 from examples.isic import (
@@ -54,7 +54,7 @@ from examples.isic import (
     default_synthetic_root,
     weights,
 )
-from examples.isic.cache import default_cache_dir
+from examples.isic.data.cache import default_cache_dir
 from examples.isic.eval import (
     attention_jaccard,
     binary_metrics,
@@ -185,31 +185,6 @@ class WithAttention(nn.Module):
         return self.net.forward_with_attention(x)
 
 
-def _holdout_count(fraction: float, count: int) -> int:
-    """Images of a class to hold out: at least one when ``fraction > 0``."""
-    return max(1, round(fraction * count)) if fraction > 0 else 0
-
-
-def _holdout(dataset: Any, fraction: float, seed: int, part: str) -> Any:
-    """A stratified ``fraction`` of ``dataset`` (``part="val"``) or the rest (``"train"``)."""
-    labels = np.asarray(dataset.labels)
-    rng = np.random.default_rng(seed)
-    picks = [
-        rng.permutation(np.flatnonzero(labels == c))[
-            : _holdout_count(fraction, (labels == c).sum())
-        ]
-        for c in np.unique(labels)
-    ]
-    val = np.concatenate([np.zeros(0, dtype=np.int64), *picks])
-    keep = np.sort(val) if part == "val" else np.setdiff1d(np.arange(len(labels)), val)
-    sub = Subset(dataset, keep.tolist())
-    sub.labels, sub.ids = labels[keep], [dataset.ids[i] for i in keep]
-    for name in ("class_names", "csv_columns", "csv_id_column", "task"):
-        setattr(sub, name, getattr(dataset, name))
-    sub.summary = lambda: f"{len(sub)} ({part} part) of {dataset.summary()}"
-    return sub
-
-
 def build_datasets(
     args: argparse.Namespace,
     root: Path,
@@ -221,7 +196,7 @@ def build_datasets(
     model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
-        "image_size": args.load_size, "progress": dist_info.is_main and args.progress,
+        "load_size": args.load_size, "progress": dist_info.is_main and args.progress,
         "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
     }  # fmt: skip
     if args.load_size is not None:
@@ -238,10 +213,10 @@ def build_datasets(
         data_root.write_skipped(args.out, {k: v for k, v in out.items() if k != "val" or
                                      args.dataset != "isic2016"})  # fmt: skip
     if args.dataset == "isic2016":  # no official validation split
-        out["val"] = _holdout(out["val"], args.val_fraction, args.seed, "val")
-        out["train"] = _holdout(out["train"], args.val_fraction, args.seed, "train")
+        out["val"] = out["val"].holdout(args.val_fraction, args.seed, "held_out")
+        out["train"] = out["train"].holdout(args.val_fraction, args.seed, "rest")
     if args.limit is not None:
-        out = {k: data_root.LimitedDataset(v, args.limit) for k, v in out.items()}
+        out = {k: v.limit(args.limit) for k, v in out.items()}
     data_root.check_not_empty(out, root)
     return out
 
@@ -308,7 +283,7 @@ def jaccard_on(net: ab.AttentionGatedNet, dataset: Any, device: torch.device, ba
     sums, count = None, 0
     for start in range(0, len(dataset), batch):
         idx = range(start, min(start + batch, len(dataset)))
-        _, masks, has, _, maps = attention_outputs(net, Subset(dataset, list(idx)), device, batch)
+        _, masks, has, _, maps = attention_outputs(net, dataset.subset(idx), device, batch)
         if not has.any():
             continue
         j = [attention_jaccard(m.cpu(), masks, valid=has, reduction="none") for m in maps]

@@ -61,14 +61,14 @@ from examples.isic.cli import (
     script_main,
     setup_device,
 )
+from examples.isic.data.synthetic2018 import default_synthetic2018_root
+from examples.isic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.data_root import write_skipped
 from examples.isic.eval import multiclass_metrics, write_predictions_csv
 from examples.isic.eval.plots import denormalize, plot_confusion, plot_curves, save_overlays
 from examples.isic.eval.report import flatten_metrics, format_multiclass_table
-from examples.isic.synthetic2018 import default_synthetic2018_root
 from examples.isic.train import Trainer, read_checkpoint, recipes, shard_loader
 from examples.isic.train.checkpointing import config_differences
-from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.weights import (
     describe_normalization,
     input_normalization,
@@ -318,7 +318,7 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
     sets = {}
     for split in ("train", "val", "test"):
         base = ISIC2018Dataset(
-            root, split, split_file=out / "split.json", image_size=load_size,
+            root, split, split_file=out / "split.json", load_size=load_size,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             split_mismatch="error" if args.resume else "replace", skip_bad=args.skip_bad,
             cache_workers=args.workers, verify=True, progress=False,
@@ -327,13 +327,8 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
             raise ValueError(
                 f"the lesion-grouped {split} split of {root} is empty; raise --{split}-fraction"
             )
-        if split == "train" and args.train_limit is not None and len(base) > args.train_limit:
-            keep = np.random.default_rng(args.seed).permutation(len(base))[: args.train_limit]
-            keep.sort()
-            base.ids = [base.ids[k] for k in keep]
-            base.image_paths = [base.image_paths[k] for k in keep]
-            base.mask_paths = [base.mask_paths[k] for k in keep]
-            base.labels = base.labels[keep]
+        if split == "train" and args.train_limit is not None:
+            base = base.sample(args.train_limit, args.seed)
         tf = train_transform(size) if split == "train" else eval_transform(size)
         sets[split] = BoxedISIC(base, tf, args.boxes, args.box_margin)
     return sets

@@ -343,7 +343,7 @@ def isic_split(p: dict[str, Any], root: Path, split: str, transform) -> SafeISIC
         "isic2018": ("ISIC2018_Task3_Training_Input/", "ISIC2018_Task3_Training_GroundTruth/"),
     }  # fmt: skip
     check_layout(root, layouts[dataset], dataset.upper())
-    kw: dict[str, Any] = {"image_size": p.get("load_size"), "skip_bad": True, "progress": False,
+    kw: dict[str, Any] = {"load_size": p.get("load_size"), "skip_bad": True, "progress": False,
                           "load_masks": False}  # fmt: skip
     if p.get("cache_dir"):  # the same resized (re-encoded) pixels as the run
         kw["cache_dir"] = Path(p["cache_dir"]).expanduser()

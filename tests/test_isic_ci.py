@@ -1,5 +1,5 @@
 """Bootstrap confidence intervals of the AUC and sensitivity at fixed specificities
-(examples/isic/metrics.py), as metrics.json and compare_runs.py report them."""
+(examples/isic/eval/), as metrics.json and compare_runs.py report them."""
 
 from __future__ import annotations
 

@@ -14,11 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from examples.run import atomic_write
 
-__all__ = ["ISIC2017_LAYOUT", "LimitedDataset", "check_layout", "check_not_empty", "write_skipped"]
+__all__ = ["ISIC2017_LAYOUT", "check_layout", "check_not_empty", "write_skipped"]
 
 
 ISIC2017_LAYOUT = (
@@ -97,35 +95,3 @@ def check_not_empty(splits: Mapping[str, Any], root: Path) -> None:
                 f"the {name!r} split of {root} is empty ({summary}); check the data folder, "
                 "--limit and the split fractions"
             )
-
-
-class LimitedDataset(torch.utils.data.Dataset):
-    """At most ``n // num_classes`` images of each class of ``dataset``, in dataset order.
-
-    For the quick profile (``--limit``). Keeps ``labels``, ``ids`` and the dataset's CSV attributes
-    so samplers and prediction writers work unchanged.
-    """
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        import numpy as np
-
-        if n < 1:
-            raise ValueError(f"--limit must be >= 1, got {n}")
-        labels = np.asarray(dataset.labels)
-        classes = np.unique(labels)
-        per = max(1, n // len(classes))
-        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes]))
-        self.dataset, self.indices = dataset, keep.tolist()
-        self.labels = labels[keep]
-        self.ids = [dataset.ids[i] for i in self.indices]
-        for name in ("class_names", "csv_columns", "csv_id_column", "task"):
-            setattr(self, name, getattr(dataset, name))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.indices[i]]
-
-    def summary(self) -> str:
-        return f"{len(self)} of {self.dataset.summary()}"
