@@ -21,6 +21,8 @@ import torch
 
 import attnblocks as ab
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "describe_normalization",
     "input_normalization",
@@ -63,8 +65,6 @@ def input_normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tupl
     """``(mean, std)`` of the model's ``pretrained_cfg`` (timm's preprocessing of its weights);
     ImageNet's when the model has none. Every transform of a run (training, validation, test
     views, predictions, figures) normalises with these."""
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
-
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
