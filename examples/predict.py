@@ -163,13 +163,17 @@ def build_model(config: dict[str, Any], p: dict[str, Any]) -> nn.Module:
             return plain
         return ab.ARLWrapper(plain, normalization=s["normalization"], alpha_init=s["alpha_init"])
     if p["script"] == "isic2017_attnmel":
-        from examples.isic2017_attnmel import build_model as attnmel_model
+        from examples import isic2017_attnmel as attnmel
 
-        args = argparse.Namespace(**{**s, "weights": None, "pretrained": False})
-        return attnmel_model(args, p["num_classes"])
-    from examples.isic2018_care import build_model as care_model
+        stages = s.get("gate_stages")
+        return attnmel.build_model(attnmel.ModelSettings(
+            backbone=s["backbone"], num_classes=p["num_classes"],
+            gate_stages=None if stages is None else tuple(stages), head=s["head"],
+            normalization=s["normalization"],
+        ))  # fmt: skip
+    from examples import isic2018_care as care
 
-    return care_model(argparse.Namespace(**{**s, "weights": "none"}))
+    return care.build_model(care.ModelSettings(s["arch"], len(care.CLASSES), weights="none"))
 
 
 def load_run(run: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
@@ -404,9 +408,9 @@ def overlay_maps(model: Any, x: torch.Tensor, p: dict[str, Any], maps: list[torc
         return out
     with torch.no_grad():
         cls = model(x).argmax(1)
-    from examples.isic2018_care import target_layer
+    from examples.isic2018_care import cam_target_layer
 
-    layer = p.get("target_layer") or target_layer(model, "auto")  # the run's Grad-CAM layer
+    layer = p.get("target_layer") or cam_target_layer(model, "auto")  # the run's Grad-CAM layer
     cam, _ = ab.grad_cam(model, x, layer, cls)
     return {"Grad-CAM": cam.detach().float().clamp(0, 1)}
 
