@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from ._checks import check_int, check_real, check_size
@@ -91,17 +92,18 @@ def check_boxes(
     return boxes
 
 
+def _corners(boxes: Tensor) -> tuple[Tensor, ...]:
+    """``x1, y1, x2, y2``, each ``(N, 1, 1, 1)``, to compare with the pixel grids."""
+    return rearrange(boxes, "n corner -> corner n 1 1 1").unbind(0)
+
+
 def _inside(boxes: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Boolean inside-mask ``(N, 1, H, W)`` and the pixel-centre coordinate grids."""
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
-    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
-    inside = (
-        (xs.view(1, 1, 1, w) >= x1)
-        & (xs.view(1, 1, 1, w) <= x2)
-        & (ys.view(1, 1, h, 1) >= y1)
-        & (ys.view(1, 1, h, 1) <= y2)
-    )
+    """Boolean inside-mask ``(N, 1, H, W)`` and the pixel-centre coordinate grids, ``xs``
+    ``(1, 1, 1, W)`` and ``ys`` ``(1, 1, H, 1)``."""
+    ys = rearrange(torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5, "h -> 1 1 h 1")
+    xs = rearrange(torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5, "w -> 1 1 1 w")
+    x1, y1, x2, y2 = _corners(boxes)
+    inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
     return inside, xs, ys
 
 
@@ -110,9 +112,9 @@ def _uniform_outer(boxes: Tensor, inside: Tensor, xs: Tensor, ys: Tensor) -> Ten
 
 
 def _distance_outer(boxes: Tensor, inside: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
-    dx = torch.maximum(x1 - xs.view(1, 1, 1, -1), xs.view(1, 1, 1, -1) - x2).clamp_min(0)
-    dy = torch.maximum(y1 - ys.view(1, 1, -1, 1), ys.view(1, 1, -1, 1) - y2).clamp_min(0)
+    x1, y1, x2, y2 = _corners(boxes)
+    dx = torch.maximum(x1 - xs, xs - x2).clamp_min(0)
+    dy = torch.maximum(y1 - ys, ys - y2).clamp_min(0)
     return torch.sqrt(dx**2 + dy**2) * (~inside).float()
 
 

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from einops import reduce
 from torch import Tensor, nn
 
 from .cam import minmax_maps
@@ -199,8 +200,8 @@ def grad_cam_from_activation(
         score, activation, retain_graph=retain_graph, create_graph=not detach_weights
     )
     dtype = torch.promote_types(activation.dtype, torch.float32)  # fp32 under autocast, or fp64
-    weights = grad.to(dtype).mean(dim=(2, 3), keepdim=True)
-    cam = (weights * activation.to(dtype)).sum(dim=1, keepdim=True)
+    weights = reduce(grad.to(dtype), "n k h w -> n k 1 1", "mean")
+    cam = reduce(weights * activation.to(dtype), "n k h w -> n 1 h w", "sum")
     if relu:
         cam = F.relu(cam)
     if size is not None and tuple(cam.shape[-2:]) != tuple(size):
