@@ -27,6 +27,7 @@ from timm.models.resnet import Bottleneck
 from torch import nn
 
 from attnblocks import convert_block, merge
+from examples.run import autocast, fill_defaults, resolve_device
 
 from . import harness
 
@@ -39,6 +40,8 @@ STAGES: dict[str, tuple[int, int]] = {  # name -> (channels, spatial size) of Re
     "layer4": (2048, 7),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --dtypes value -> its autocast (examples.run.AMP_DTYPES); fp32 runs without autocast
+AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
 # Nominal DRAM bandwidth (bytes/s) from the vendors' datasheets, by device name, for PyTorch
@@ -78,7 +81,7 @@ def _block_step(
         def fwd() -> None:
             if backend is not None:
                 merge.set_merge_backend(backend)
-            with torch.inference_mode(), harness.autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, AMP[dtype]):
                 block(x)
 
         return fwd
@@ -88,7 +91,7 @@ def _block_step(
     def fwd_bwd() -> None:
         if backend is not None:
             merge.set_merge_backend(backend)
-        with harness.autocast(device, dtype):
+        with autocast(device, AMP[dtype]):
             out = block(x)
         out.backward(grad.to(out.dtype))
 
@@ -253,7 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--copy-bytes", type=int, default=None)
     args = p.parse_args(argv)
-    harness.resolve_device(args.device)  # an unknown device is an error before any work
+    resolve_device(args.device)  # an unknown device is an error before any work
     quick = args.quick
     defaults = {
         "batch_sizes": [2] if quick else [32, 64, 128],
@@ -266,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 3,
         "copy_bytes": (1 << 22) if quick else (1 << 28),
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

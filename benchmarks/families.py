@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 
 from attnblocks import convert_block, merge
+from examples.run import autocast, fill_defaults
 
 from . import harness
 
@@ -62,7 +63,7 @@ def _step(block: nn.Module, x: torch.Tensor, amp: str) -> Callable[[], None]:
     grad = torch.randn_like(x)
 
     def fwd_bwd() -> None:
-        with harness.autocast(x.device, amp):
+        with autocast(x.device, amp):
             out = block(x)
         out.backward(grad.to(out.dtype))
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plain = plain.to(device, memory_format=fmt)
         arl = convert_block(plain).to(device, memory_format=fmt)
         x = torch.randn(args.batch_size, c, h, w, device=device).to(memory_format=fmt)
-        with harness.autocast(device, args.amp):
+        with autocast(device, args.amp):
             saved = {
                 k: harness.saved_tensor_bytes(m.train(), x.requires_grad_(True))
                 for k, m in (("plain", plain), ("arl", arl))
@@ -138,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "min_run_time": 0.005 if quick else 0.3,
         "warmup": 1 if quick else 2,
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -16,20 +16,17 @@ Method (see ``benchmarks/README.md``):
   and buffers can be excluded, so that the figure is the activation memory of a training step.
 - **Results.** :func:`write_results` writes one JSON file per run with a fixed schema
   (:data:`SCHEMA`, checked by :func:`validate_results`), atomically.
+
+Devices (``--device``), the autocast table, the environment record, atomic writes and the filling
+of profile defaults are the run set-up the example scripts use too: :mod:`examples.run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +35,8 @@ from typing import Any
 import torch
 import torch.utils.benchmark as tbench
 
+from examples.run import environment, git_state, resolve_device, write_json
+
 __all__ = [
     "RESULTS_DIR",
     "SCHEMA",
@@ -45,16 +44,13 @@ __all__ = [
     "SavedTensorMeter",
     "Timing",
     "add_common_args",
-    "autocast",
     "compare_alternating",
     "format_table",
     "make_payload",
-    "resolve_device",
     "run_metadata",
     "saved_tensor_bytes",
     "setup_run",
     "default_output",
-    "fill_defaults",
     "finish_run",
     "run_main",
     "time_fn",
@@ -64,87 +60,44 @@ __all__ = [
 
 SCHEMA = "attnblocks.benchmarks/v1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------------
-# Run metadata and devices
+# Run metadata
 # --------------------------------------------------------------------------------------------------
 
 
-def _git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        out = subprocess.run(
-            ["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a device; ``auto`` picks CUDA when available.
-
-    Raises:
-        ValueError: for an unknown name, or ``cuda`` requested on a machine without CUDA.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+# the results' metadata keys, in order, and the key of examples.run.environment() each comes from
+_METADATA_FROM_ENVIRONMENT = {
+    "created_utc": "created_utc",
+    "python": "python",
+    "platform": "platform",
+    "torch": "torch",
+    "cuda": "cuda",
+    "cudnn": "cudnn",
+    "device": "device",
+    "device_name": "device_name",
+    "cpu_capability": "cpu_capability",
+    "cpu_count": "cpu_count",
+    "num_threads": "threads",
+    "omp_num_threads": "omp_num_threads",
+}
+_CUDA_METADATA = ("device_memory_bytes", "device_capability")
 
 
 def run_metadata(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Everything needed to interpret a figure later: code, software, hardware and threads."""
-    device = torch.device(device)
-    meta: dict[str, Any] = {
-        **_git_commit(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": str(device),
-        "device_name": _cpu_name(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "num_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "argv": sys.argv[1:],
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        meta["device_name"] = props.name
-        meta["device_memory_bytes"] = props.total_memory
-        meta["device_capability"] = f"{props.major}.{props.minor}"
-    try:
-        import triton  # noqa: F401  (optional)
+    """Everything needed to interpret a figure later: code, software, hardware and threads.
 
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
+    The record of :func:`examples.run.environment`, under the names of the results schema:
+    ``commit`` and ``dirty`` apart, ``num_threads``, and ``argv`` without the program name.
+    """
+    env = environment(device)
+    commit, dirty = git_state()
+    meta: dict[str, Any] = {"commit": commit, "dirty": dirty}
+    meta.update({key: env[source] for key, source in _METADATA_FROM_ENVIRONMENT.items()})
+    meta["argv"] = sys.argv[1:]
+    meta.update({key: env[key] for key in _CUDA_METADATA if key in env})
+    meta["triton"] = env["triton"]
     return meta
 
 
@@ -183,18 +136,6 @@ def _quartiles(ts: Sequence[float]) -> tuple[float, float]:
         return ts[0], ts[0]
     q = statistics.quantiles(ts, n=4, method="inclusive")
     return q[0], q[2]
-
-
-_AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``"bf16"`` or ``"fp16"``; no autocast for ``"none"`` or ``"fp32"``."""
-    if amp in ("none", "fp32"):
-        return contextlib.nullcontext()
-    if amp not in _AMP_DTYPES:
-        raise ValueError(f"unknown autocast dtype {amp!r}; expected none, fp32, bf16 or fp16")
-    return torch.autocast(device.type, dtype=_AMP_DTYPES[amp])
 
 
 def _sync(device: torch.device) -> None:
@@ -445,21 +386,9 @@ def validate_results(payload: Mapping[str, Any]) -> None:
 
 
 def write_results(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Validate and write ``payload`` as JSON to ``path`` atomically (temp file + ``os.replace``)."""
+    """Validate ``payload`` and write it as JSON to ``path`` atomically (``examples.run``)."""
     validate_results(payload)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json(path, payload, indent=1)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -510,14 +439,6 @@ def default_output(name: str, args: argparse.Namespace, device: torch.device) ->
     if args.quick:
         return None
     return RESULTS_DIR / f"{name}-{device.type}.json"
-
-
-def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argparse.Namespace:
-    """Set every argument left at ``None`` to its profile default (``--quick`` or full)."""
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
 
 
 def finish_run(

@@ -23,6 +23,7 @@ import torch
 
 import attnblocks as ab
 from attnblocks import merge
+from examples.run import autocast, fill_defaults
 
 from . import harness
 from .models import PAIRS, build_pair
@@ -37,7 +38,7 @@ def peak_bytes(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> in
     torch.cuda.synchronize(x.device)
     torch.cuda.reset_peak_memory_stats(x.device)
     before = torch.cuda.memory_allocated(x.device)
-    with harness.autocast(x.device, amp):
+    with autocast(x.device, amp):
         out = model(x)
     out.float().sum().backward()
     torch.cuda.synchronize(x.device)
@@ -50,7 +51,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> dict[
     """``{"saved_bytes": ..., "peak_bytes": ...}`` of one training-mode step of ``model`` on ``x``
     (under ``amp`` autocast: ``none``, ``bf16`` or ``fp16``)."""
     model.train()
-    with harness.autocast(x.device, amp):
+    with autocast(x.device, amp):
         saved = harness.saved_tensor_bytes(model, x)
     return {"saved_bytes": saved, "peak_bytes": peak_bytes(model, x, amp)}
 
@@ -152,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"batch_size": 2 if quick else 8, "image_size": 64 if quick else 224}
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

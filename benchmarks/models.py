@@ -28,6 +28,7 @@ from torch import nn
 
 import attnblocks as ab
 from attnblocks import merge
+from examples.run import autocast, fill_defaults
 
 from . import harness
 
@@ -110,7 +111,7 @@ def make_step(
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
             opt.zero_grad(set_to_none=True)
-            with harness.autocast(device, amp):
+            with autocast(device, amp):
                 loss = loss_fn(run_model(x).float(), y)
             loss.backward()
             opt.step()
@@ -124,7 +125,7 @@ def make_step(
                 merge.set_merge_backend(merge_backend)
             with (
                 torch.no_grad() if compile else torch.inference_mode(),
-                harness.autocast(device, amp),
+                autocast(device, amp),
             ):
                 run_model(x)
 
@@ -246,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 2,
         "merge_backends": [merge.get_merge_backend()],
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
