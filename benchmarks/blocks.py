@@ -30,6 +30,7 @@ from attnblocks import convert_block, merge
 from examples.run import autocast, fill_defaults, resolve_device
 
 from . import harness
+from .timing import compare_alternating, time_fn
 
 __all__ = ["STAGES", "copy_bandwidth", "main", "nominal_peak_bandwidth", "run"]
 
@@ -67,7 +68,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, min_run_time: fl
     """Measured bandwidth (bytes/s, read + write) of ``dst.copy_(src)`` on a ``nbytes`` buffer."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = harness.time_fn(lambda: dst.copy_(src), device=device, min_run_time=min_run_time)
+    t = time_fn(lambda: dst.copy_(src), device=device, min_run_time=min_run_time)
     return 2.0 * nbytes / t.median
 
 
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "merge_plain": merges["plain"][mode_i],
                                 "merge_arl": merges["arl"][mode_i],
                             }
-                            cmp = harness.compare_alternating(
+                            cmp = compare_alternating(
                                 variants,
                                 rounds=args.rounds,
                                 device=device,

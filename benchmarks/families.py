@@ -26,6 +26,8 @@ from attnblocks import convert_block, merge
 from examples.run import autocast, fill_defaults
 
 from . import harness
+from .saved_tensors import saved_tensor_bytes
+from .timing import compare_alternating
 
 __all__ = ["FAMILIES", "block_of", "main", "run"]
 
@@ -82,11 +84,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         x = torch.randn(args.batch_size, c, h, w, device=device).to(memory_format=fmt)
         with autocast(device, args.amp):
             saved = {
-                k: harness.saved_tensor_bytes(m.train(), x.requires_grad_(True))
+                k: saved_tensor_bytes(m.train(), x.requires_grad_(True))
                 for k, m in (("plain", plain), ("arl", arl))
             }
         x = x.detach().requires_grad_(True)
-        cmp = harness.compare_alternating(
+        cmp = compare_alternating(
             {"plain": _step(copy.deepcopy(plain), x, args.amp),
              "arl": _step(copy.deepcopy(arl), x, args.amp)},
             rounds=args.rounds, device=device, min_run_time=args.min_run_time, warmup=args.warmup,

@@ -1,59 +1,41 @@
-"""Shared benchmark harness: timing, alternating A/B comparison, saved-activation bytes, metadata.
+"""The frame every benchmark runs in: its flags, its run record and its results file.
 
-Method (see ``benchmarks/README.md``):
-
-- **Timing.** On CPU, :func:`time_fn` uses ``torch.utils.benchmark.Timer.blocked_autorange`` (the
-  statement is repeated in blocks until ``min_run_time`` has passed; one sample per block). On CUDA it
-  uses CUDA events around each call, after a synchronised warm-up. Both return a :class:`Timing`
-  (median, inter-quartile range, min, max of the per-call times).
-- **A/B comparison.** :func:`compare_alternating` measures several variants in the same process, in
-  rounds, alternating their order every round (A B, B A, A B, ...), so that slow drifts of a shared
-  machine (other jobs, thermal state) hit every variant alike. Ratios are computed *per round* (paired)
-  and summarised by their median and spread.
-- **Saved activations.** :class:`SavedTensorMeter` counts the bytes of the tensors that autograd saves
-  for backward (``torch.autograd.graph.saved_tensors_hooks``), deduplicated by storage so that a
-  tensor saved by two ops (a ReLU output that the next convolution also saves) counts once. Parameters
-  and buffers can be excluded, so that the figure is the activation memory of a training step.
+- **Flags.** :func:`add_common_args` (device, threads, ``--quick``, rounds, output, seed),
+  :func:`setup_run` and :func:`run_main` (parse, run, write).
+- **Record.** :func:`run_metadata`: the commit, software, hardware and threads of the run.
 - **Results.** :func:`write_results` writes one JSON file per run with a fixed schema
   (:data:`SCHEMA`, checked by :func:`validate_results`), atomically.
 
-Devices (``--device``), the autocast table, the environment record, atomic writes and the filling
-of profile defaults are the run set-up the example scripts use too: :mod:`examples.run`.
+What the benchmarks measure with: :mod:`benchmarks.timing` (per-call times, alternating A/B
+rounds) and :mod:`benchmarks.saved_tensors` (activation bytes). Devices (``--device``), the
+autocast table, the environment record, atomic writes and the filling of profile defaults are the
+run set-up the example scripts use too: :mod:`examples.run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils.benchmark as tbench
 
 from examples.run import environment, git_state, resolve_device, write_json
 
 __all__ = [
     "RESULTS_DIR",
     "SCHEMA",
-    "Comparison",
-    "SavedTensorMeter",
-    "Timing",
     "add_common_args",
-    "compare_alternating",
-    "format_table",
-    "make_payload",
-    "run_metadata",
-    "saved_tensor_bytes",
-    "setup_run",
     "default_output",
     "finish_run",
+    "format_table",
+    "make_payload",
     "run_main",
-    "time_fn",
+    "run_metadata",
+    "setup_run",
     "validate_results",
     "write_results",
 ]
@@ -99,237 +81,6 @@ def run_metadata(device: torch.device | str = "cpu") -> dict[str, Any]:
     meta.update({key: env[key] for key in _CUDA_METADATA if key in env})
     meta["triton"] = env["triton"]
     return meta
-
-
-# --------------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """Summary of repeated timings of one callable, in seconds per call."""
-
-    median: float
-    iqr: float
-    min: float
-    max: float
-    n: int
-    times: list[float] = field(default_factory=list)
-
-    @classmethod
-    def from_times(cls, times: Sequence[float]) -> Timing:
-        if not times:
-            raise ValueError("no timings to summarise")
-        ts = sorted(float(t) for t in times)
-        q1, q3 = _quartiles(ts)
-        return cls(
-            median=statistics.median(ts), iqr=q3 - q1, min=ts[0], max=ts[-1], n=len(ts), times=ts
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _quartiles(ts: Sequence[float]) -> tuple[float, float]:
-    if len(ts) < 2:
-        return ts[0], ts[0]
-    q = statistics.quantiles(ts, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(
-    fn: Callable[[], Any],
-    *,
-    device: torch.device | str = "cpu",
-    min_run_time: float = 0.2,
-    warmup: int = 1,
-    cuda_iters: int = 10,
-) -> Timing:
-    """Time ``fn()`` and return the per-call :class:`Timing`.
-
-    CPU: ``warmup`` untimed calls, then ``Timer.blocked_autorange(min_run_time)``; each block gives
-    one sample (its mean per call). CUDA: ``warmup`` calls, a synchronise, then ``cuda_iters`` calls,
-    each between two CUDA events (device time, no host-side launch gaps between calls counted).
-    """
-    device = torch.device(device)
-    if warmup < 0 or min_run_time <= 0 or cuda_iters < 1:
-        raise ValueError(
-            f"time_fn: need warmup >= 0, min_run_time > 0, cuda_iters >= 1; "
-            f"got {warmup}, {min_run_time}, {cuda_iters}"
-        )
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(cuda_iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(cuda_iters)]
-        for start, end in zip(starts, ends, strict=True):
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        return Timing.from_times(
-            [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
-        )
-    timer = tbench.Timer(
-        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label="attnblocks"
-    )
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return Timing.from_times(m.times)
-
-
-@dataclass
-class Comparison:
-    """Result of :func:`compare_alternating`.
-
-    ``timings[name]``: summary of the per-round medians of each variant. ``ratios[name]``: summary
-    of the per-round ratio ``variant / baseline`` (paired within a round). ``rounds``: raw per-round
-    medians, in measurement order.
-    """
-
-    baseline: str
-    timings: dict[str, Timing]
-    ratios: dict[str, Timing]
-    rounds: list[dict[str, float]]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline,
-            "timings": {k: v.as_dict() for k, v in self.timings.items()},
-            "ratios": {k: v.as_dict() for k, v in self.ratios.items()},
-            "rounds": self.rounds,
-        }
-
-
-def compare_alternating(
-    fns: Mapping[str, Callable[[], Any]],
-    *,
-    baseline: str | None = None,
-    rounds: int = 5,
-    device: torch.device | str = "cpu",
-    min_run_time: float = 0.2,
-    warmup: int = 1,
-    cuda_iters: int = 10,
-) -> Comparison:
-    """Measure several variants in the same process, alternating their order every round.
-
-    Round ``r`` measures the variants in the given order when ``r`` is even and in reverse order
-    when odd; each measurement is a :func:`time_fn` whose median is the round's figure. The ratio of
-    each variant to ``baseline`` (default: the first) is taken within each round, then summarised.
-    """
-    if not fns:
-        raise ValueError("compare_alternating needs at least one variant")
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    names = list(fns)
-    baseline = names[0] if baseline is None else baseline
-    if baseline not in fns:
-        raise ValueError(f"baseline {baseline!r} is not one of the variants {names}")
-    for name in names:  # warm every variant once before the first timed round
-        for _ in range(warmup):
-            fns[name]()
-    per_round: list[dict[str, float]] = []
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        row: dict[str, float] = {}
-        for name in order:
-            t = time_fn(
-                fns[name], device=device, min_run_time=min_run_time, warmup=0, cuda_iters=cuda_iters
-            )
-            row[name] = t.median
-        per_round.append(row)
-    timings = {n: Timing.from_times([row[n] for row in per_round]) for n in names}
-    ratios = {
-        n: Timing.from_times([row[n] / row[baseline] for row in per_round])
-        for n in names
-        if n != baseline
-    }
-    return Comparison(baseline=baseline, timings=timings, ratios=ratios, rounds=per_round)
-
-
-# --------------------------------------------------------------------------------------------------
-# Saved activations
-# --------------------------------------------------------------------------------------------------
-
-
-def _storage_key(t: torch.Tensor) -> tuple[str, int]:
-    return (str(t.device), t.untyped_storage().data_ptr())
-
-
-class SavedTensorMeter:
-    """Count the bytes autograd saves for backward while the context is open.
-
-    Deduplicated by storage: a tensor saved by several ops (or several views of one storage) counts
-    once, with the size of its whole storage, which is what stays alive until backward. Storages of
-    ``exclude`` (typically the model's parameters and buffers) are not counted.
-
-    Example:
-        >>> x = torch.randn(4, 8, requires_grad=True)
-        >>> with SavedTensorMeter() as meter:
-        ...     y = torch.relu(x * 2).sum()   # mul saves nothing (scalar), relu saves its output
-        >>> meter.bytes
-        128
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        self._exclude = {_storage_key(t) for t in exclude}
-        self._seen: dict[tuple[str, int], int] = {}
-        self._alive: list[torch.Tensor] = []  # keeps storages alive: no address reuse while open
-        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
-        self.calls = 0
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        key = _storage_key(t)
-        if key not in self._exclude and key not in self._seen:
-            self._seen[key] = t.untyped_storage().nbytes()
-            self._alive.append(t)
-        return t
-
-    @staticmethod
-    def _unpack(t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    @property
-    def bytes(self) -> int:
-        """Total bytes of the distinct saved storages."""
-        return sum(self._seen.values())
-
-    @property
-    def count(self) -> int:
-        """Number of distinct saved storages."""
-        return len(self._seen)
-
-    def __enter__(self) -> SavedTensorMeter:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._hooks is not None:
-            self._hooks.__exit__(*exc)
-        self._hooks = None
-        self._alive.clear()
-
-
-def saved_tensor_bytes(
-    model: torch.nn.Module, inputs: torch.Tensor, *, exclude_params: bool = True
-) -> int:
-    """Bytes of activations saved by one forward of ``model(inputs)`` (see :class:`SavedTensorMeter`).
-
-    Runs the forward with gradients enabled, counts, then frees the graph without a backward.
-    """
-    exclude = list(model.parameters()) + list(model.buffers()) if exclude_params else []
-    with SavedTensorMeter(exclude=exclude) as meter:
-        out = model(inputs)
-    del out
-    return meter.bytes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ backend) it reports:
 
 - **saved-activation bytes**: the tensors autograd keeps for backward after one training-mode
   forward, deduplicated by storage, parameters and buffers excluded
-  (:class:`benchmarks.harness.SavedTensorMeter`). Deterministic: the same on every machine with the
+  (:class:`benchmarks.saved_tensors.SavedTensorMeter`). Deterministic: the same on every machine with the
   same input shape and dtype.
 - **peak memory** (CUDA only): ``torch.cuda.max_memory_allocated`` over forward + backward, minus
   what was allocated before.
@@ -27,6 +27,7 @@ from examples.run import autocast, fill_defaults
 
 from . import harness
 from .models import PAIRS, build_pair
+from .saved_tensors import saved_tensor_bytes
 
 __all__ = ["main", "measure", "peak_bytes", "run"]
 
@@ -52,7 +53,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> dict[
     (under ``amp`` autocast: ``none``, ``bf16`` or ``fp16``)."""
     model.train()
     with autocast(x.device, amp):
-        saved = harness.saved_tensor_bytes(model, x)
+        saved = saved_tensor_bytes(model, x)
     return {"saved_bytes": saved, "peak_bytes": peak_bytes(model, x, amp)}
 
 

@@ -31,6 +31,7 @@ from attnblocks import merge
 from examples.run import autocast, fill_defaults
 
 from . import harness
+from .timing import compare_alternating
 
 __all__ = ["PAIRS", "ModelPair", "build_pair", "main", "make_step", "run"]
 
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         copy.deepcopy(attn), x, y, mode, amp=args.amp, merge_backend=backend,
                         compile=args.compile,
                     )  # fmt: skip
-                cmp = harness.compare_alternating(
+                cmp = compare_alternating(
                     variants,
                     rounds=args.rounds,
                     device=device,

@@ -13,15 +13,13 @@ import attnblocks as ab
 from benchmarks import blocks, harness, memory, models
 from benchmarks.harness import (
     SCHEMA,
-    SavedTensorMeter,
-    Timing,
-    compare_alternating,
     make_payload,
     run_metadata,
-    saved_tensor_bytes,
     validate_results,
     write_results,
 )
+from benchmarks.saved_tensors import SavedTensorMeter, saved_tensor_bytes
+from benchmarks.timing import Timing, compare_alternating, time_fn
 from examples.run import autocast
 
 # --- harness ---------------------------------------------------------------------------------------
@@ -38,10 +36,10 @@ def test_timing_summary():
 
 def test_time_fn_counts_calls():
     calls = []
-    t = harness.time_fn(lambda: calls.append(1), min_run_time=0.01, warmup=2)
+    t = time_fn(lambda: calls.append(1), min_run_time=0.01, warmup=2)
     assert t.n >= 1 and t.median > 0 and len(calls) > 2
     with pytest.raises(ValueError, match="min_run_time > 0"):
-        harness.time_fn(lambda: None, min_run_time=0)
+        time_fn(lambda: None, min_run_time=0)
 
 
 def test_compare_alternating_order_and_paired_ratios():
