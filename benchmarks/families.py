@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from attnblocks import convert_block, merge
-from examples.run import autocast, fill_defaults
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
 from .saved_tensors import saved_tensor_bytes
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (quick: 2)")
     p.add_argument("--image-size", type=int, default=None, help="default 224 (quick: 64)")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
     args = p.parse_args(argv)

@@ -23,7 +23,7 @@ import torch
 
 import attnblocks as ab
 from attnblocks import merge
-from examples.run import autocast, fill_defaults
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
 from .models import PAIRS, build_pair
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: the library's default backend (native), eager and reference",
     )
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"batch_size": 2 if quick else 8, "image_size": 64 if quick else 224}

@@ -28,7 +28,7 @@ from torch import nn
 
 import attnblocks as ab
 from attnblocks import merge
-from examples.run import autocast, fill_defaults
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
 from .timing import compare_alternating
@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=merge.list_merge_backends(),
         help="ARL merge backends to time against the plain model (default: the library's, native)",
     )
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="time the models under torch.compile")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per variant")
