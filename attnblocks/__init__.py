@@ -13,7 +13,6 @@ from .arl import (
     list_arl_block_types,
     register_arl_block,
 )
-from .arl_builders import arl_efficientnet_lite0
 from .backbones import architecture_for_weights, convert_state_dict, load_backbone_weights
 from .boxes import (
     box_to_inner_outer,
@@ -27,18 +26,13 @@ from .cam import class_activation_map, minmax_maps, overlay_maps, upsample_maps
 from .care import CARE, CAREAttentionLoss, CAREOutput, care_attention_loss
 from .checkpoint import LoadReport, load_checkpoint, read_state_dict
 from .deploy import AttentionOutputs
+from .dice import DiceAttentionRegularizer, soft_dice
+from .focal import FocalLoss, focal_loss, sigmoid_focal_loss
 from .gated import AttentionGatedNet, attnmel_vgg16, list_gated_heads
 from .gradcam import grad_cam, grad_cam_from_activation
 from .grid import GridAttentionGate, list_gate_normalizations
-from .losses import (
-    DiceAttentionRegularizer,
-    FocalLoss,
-    focal_loss,
-    sigmoid_focal_loss,
-    soft_dice,
-)
 from .merge import get_merge_backend, list_merge_backends, set_merge_backend
-from .models import arl_cnn14, arl_cnn50, resnet14
+from .models import arl_cnn14, arl_cnn50, arl_efficientnet_lite0, resnet14
 from .normalize import get_normalization, list_normalizations, register_normalization
 from .recorder import attention_taps, record_attention
 

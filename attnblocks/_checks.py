@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
+
 
 def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
@@ -58,3 +60,17 @@ def check_flag(value: object, name: str, where: str = "") -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{_prefix(where)}{name} must be True or False, got {value!r}")
     return value
+
+
+def check_size(size: object, name: str = "size") -> tuple[int, int]:
+    """``size`` as ``(H, W)`` positive ints; a float, a bool or a NaN side is refused."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list, torch.Size)):
+        raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {size!r}")
+    if len(size) != 2:
+        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
+    for side in size:
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+            raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {tuple(size)}")
+    if any(int(s) <= 0 for s in size):
+        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
+    return int(size[0]), int(size[1])

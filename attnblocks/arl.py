@@ -165,7 +165,7 @@ def _convert_block_(
     base = type(block)
     ref = next(iter(block.parameters()), None)
     factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-    block.__class__ = _subclass(ARLBlock, base)
+    block.__class__ = _subclass(ARLBlock, base)  # same object, ARL forward (ARLBlock comes first)
     block.alpha = nn.Parameter(torch.tensor(alpha_init, **factory))
     block.attn_map = nn.Identity()
     block.arl_normalization = normalization
@@ -217,6 +217,18 @@ class ARLWrapper(_Rebuildable, nn.Module):
     ``inplace=True``) whose class is ``ARL<ModelClass>``, a subclass of both this class and the model's
     own class. It computes what the source model computes, through the same ``forward`` and timm API,
     with every recognised residual block turned into an ARL block.
+
+    How: nothing is wrapped. ``ARLWrapper(...)`` runs :meth:`__new__`, which converts the blocks in
+    place (each block's ``__class__`` is reassigned to ``ARL<BlockClass>``, a subclass of
+    :class:`ARLBlock` and of the block's class, and the block gains ``alpha`` and ``attn_map``), then
+    reassigns the model's own ``__class__`` to ``ARL<ModelClass>`` (a subclass of this class and of
+    the model's class, made once per model class) and returns the model object itself. Python then
+    calls ``__init__`` on that object, which does nothing: the model is already initialised. The
+    object keeps its ``__dict__`` (submodules, parameters, buffers, timm attributes), so
+    ``isinstance(model, ModelClass)`` holds and the state-dict keys stay the source's; the methods
+    of this class (:meth:`alphas`, :meth:`unwrap`, ...) come first in the method resolution order.
+    Pickling and deep copies rebuild the dynamic classes (``__reduce_ex__``), and :meth:`unwrap`
+    assigns the plain classes back on a copy.
 
     Args:
         model: a timm or torchvision residual CNN: ResNet (ResNeXt, wide, SE/ECA, d/s/t stems,
@@ -304,6 +316,8 @@ class ARLWrapper(_Rebuildable, nn.Module):
                     report.skipped[name] = "not selected"
             elif name in unsupported:
                 report.skipped[name] = unsupported[name]
+        # The conversion is a class swap, not a wrapper: the model object becomes an instance of
+        # ARL<ModelClass> (this class + its own class) and is returned as it is; see the docstring.
         model.__class__ = _subclass(ARLWrapper, type(model))
         model.conversion_report = report
         return model  # type: ignore[return-value]

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
-from ._checks import check_int, check_real
-from .gradcam import minmax_normalize
+from ._checks import check_int, check_real, check_size
+from .cam import minmax_maps
 
 __all__ = [
     "box_to_inner_outer",
@@ -29,20 +30,6 @@ __all__ = [
     "list_saliency_methods",
     "spectral_residual_saliency",
 ]
-
-
-def _size(size: tuple[int, int] | torch.Size, name: str = "size") -> tuple[int, int]:
-    """``size`` as ``(H, W)`` positive ints; a float, a bool or a NaN side is refused."""
-    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list, torch.Size)):
-        raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {size!r}")
-    if len(size) != 2:
-        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
-    for side in size:
-        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
-            raise TypeError(f"{name} must be (H, W), a pair of positive ints, got {tuple(size)}")
-    if any(int(s) <= 0 for s in size):
-        raise ValueError(f"{name} must be (H, W) with positive sides, got {tuple(size)}")
-    return int(size[0]), int(size[1])
 
 
 def check_boxes(
@@ -62,7 +49,7 @@ def check_boxes(
         ValueError: wrong shape, non-finite values, a box outside the image (without ``clip``) or an
             empty box; the message names the offending box and the image size.
     """
-    h, w = _size(size)
+    h, w = check_size(size)
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be an (N, 4) tensor of (x1, y1, x2, y2), got {shape}")
@@ -105,17 +92,18 @@ def check_boxes(
     return boxes
 
 
+def _corners(boxes: Tensor) -> tuple[Tensor, ...]:
+    """``x1, y1, x2, y2``, each ``(N, 1, 1, 1)``, to compare with the pixel grids."""
+    return rearrange(boxes, "n corner -> corner n 1 1 1").unbind(0)
+
+
 def _inside(boxes: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Boolean inside-mask ``(N, 1, H, W)`` and the pixel-centre coordinate grids."""
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
-    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
-    inside = (
-        (xs.view(1, 1, 1, w) >= x1)
-        & (xs.view(1, 1, 1, w) <= x2)
-        & (ys.view(1, 1, h, 1) >= y1)
-        & (ys.view(1, 1, h, 1) <= y2)
-    )
+    """Boolean inside-mask ``(N, 1, H, W)`` and the pixel-centre coordinate grids, ``xs``
+    ``(1, 1, 1, W)`` and ``ys`` ``(1, 1, H, 1)``."""
+    ys = rearrange(torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5, "h -> 1 1 h 1")
+    xs = rearrange(torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5, "w -> 1 1 1 w")
+    x1, y1, x2, y2 = _corners(boxes)
+    inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
     return inside, xs, ys
 
 
@@ -124,9 +112,9 @@ def _uniform_outer(boxes: Tensor, inside: Tensor, xs: Tensor, ys: Tensor) -> Ten
 
 
 def _distance_outer(boxes: Tensor, inside: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
-    dx = torch.maximum(x1 - xs.view(1, 1, 1, -1), xs.view(1, 1, 1, -1) - x2).clamp_min(0)
-    dy = torch.maximum(y1 - ys.view(1, 1, -1, 1), ys.view(1, 1, -1, 1) - y2).clamp_min(0)
+    x1, y1, x2, y2 = _corners(boxes)
+    dx = torch.maximum(x1 - xs, xs - x2).clamp_min(0)
+    dy = torch.maximum(y1 - ys, ys - y2).clamp_min(0)
     return torch.sqrt(dx**2 + dy**2) * (~inside).float()
 
 
@@ -174,7 +162,7 @@ def box_to_inner_outer(
         raise ValueError(
             f"unknown outer weighting {outer!r}; choose from {list_outer_weightings()}"
         )
-    h, w = _size(size)
+    h, w = check_size(size)
     boxes = check_boxes(boxes, (h, w), valid, clip=clip)
     keep = (
         torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
@@ -295,7 +283,7 @@ def spectral_residual_saliency(images: Tensor, width: int = 64, sigma: float = 5
     rec = torch.fft.ifft2(residual * torch.exp(1j * torch.angle(spec)))
     sal = _blur(rec.abs() ** 2, sigma)
     sal = F.interpolate(sal, size=(h, w), mode="bilinear", align_corners=False)
-    return minmax_normalize(sal, eps=1e-12)
+    return minmax_maps(sal, eps=1e-12)
 
 
 _SALIENCY: dict[str, Callable[[Tensor], Tensor]] = {

@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_flag, check_real
-from .boxes import _size
-from .gradcam import minmax_normalize
+from ._checks import check_flag, check_real, check_size
 
 __all__ = ["class_activation_map", "minmax_maps", "overlay_maps", "upsample_maps"]
 
@@ -96,18 +94,26 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     ``align_corners=False``, as the gates and Grad-CAM upsample. Returns ``(N, C, H, W)``.
     """
     maps = _as_nchw(maps, "upsample_maps").float()
-    size = _size(size, "upsample_maps: size")
+    size = check_size(size, "upsample_maps: size")
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def minmax_maps(maps: Tensor, eps: float = 1e-8) -> Tensor:
     """Min-max normalise each ``(n, c)`` map of ``(N, C, h, w)`` (or ``(N, h, w)``) to [0, 1].
 
-    A constant map becomes 0. ``eps`` (finite, > 0) bounds the divisor. Returns float32
-    ``(N, C, h, w)``.
+    ``(m - min m) / max(max m - min m, eps)`` per map: a constant map becomes 0. ``eps`` (finite,
+    > 0) bounds the divisor. The one min-max of the package: Grad-CAM, CARE, the saliency boxes and
+    the overlays all normalise through it.
+
+    Returns:
+        ``(N, C, h, w)`` in float32 (float64 for a float64 input).
     """
     eps = check_real(eps, "eps", "minmax_maps", low=0.0, low_open=True)
-    return minmax_normalize(_as_nchw(maps, "minmax_maps").float(), eps)
+    maps = _as_nchw(maps, "minmax_maps")
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    lo = maps.amin(dim=(2, 3), keepdim=True)
+    hi = maps.amax(dim=(2, 3), keepdim=True)
+    return (maps - lo) / (hi - lo).clamp_min(eps)
 
 
 def overlay_maps(
@@ -138,7 +144,7 @@ def overlay_maps(
 
     check_flag(normalize, "normalize", "overlay_maps")
     check_flag(reduce_channels, "reduce_channels", "overlay_maps")
-    size = _size(size, "overlay_maps: size")
+    size = check_size(size, "overlay_maps: size")
 
     def prepare(m: Tensor) -> Tensor:
         m = _as_nchw(m, "overlay_maps").float()

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_flag
+
 __all__ = ["LoadReport", "load_checkpoint", "load_state_dict_report", "read_state_dict"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
@@ -215,7 +217,7 @@ def load_checkpoint(
             which prefix would fit when one does); or (``strict``) keys or shapes do not match.
         TypeError: ``strict`` is not a bool or ``prefix`` not a str.
     """
-    _check_flag(strict, "strict")
+    check_flag(strict, "strict")
     prefix = _check_prefix(prefix)
     state, ignored = _select_prefix(read_state_dict(path), prefix, str(path))
     report = load_state_dict_report(
@@ -223,11 +225,6 @@ def load_checkpoint(
     )
     report.ignored = ignored
     return report
-
-
-def _check_flag(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _prefix_hint(own: dict[str, Tensor], state: dict[str, Tensor]) -> str:
@@ -265,7 +262,7 @@ def load_state_dict_report(
     ``report.mismatched``; with ``strict=True`` they raise. A state dict of which no tensor fits
     the model raises whatever ``strict`` is.
     """
-    _check_flag(strict, "strict")
+    check_flag(strict, "strict")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     own = model.state_dict()

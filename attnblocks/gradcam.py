@@ -6,7 +6,7 @@ class ``c`` of each image (Selvaraju et al., ICCV 2017)::
     w_k   = mean_{i,j} d y_c / d A_k[i, j]          (channel weights, one per image)
     cam   = sum_k w_k * A_k                          (no ReLU, as in CARE)
     cam   = upsample(cam, input size)                (bilinear, align_corners=False)
-    cam   = (cam - min cam) / (max cam - min cam)    (min-max per image, in [0, 1])
+    cam   = (cam - min cam) / (max cam - min cam)    (min-max per image, in [0, 1]: minmax_maps)
 
 The channel weights come from :func:`torch.autograd.grad`, which returns the gradient instead of
 accumulating it, so that computing the map leaves every parameter's ``.grad`` untouched (the CARE
@@ -18,12 +18,16 @@ map needs; ``detach_weights=False`` keeps the second-order path through ``w_k`` 
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from einops import reduce
 from torch import Tensor, nn
+
+from .cam import minmax_maps
 
 __all__ = [
     "GradCAMOutput",
@@ -133,11 +137,13 @@ def capture_activation(layer: nn.Module) -> Iterator[list[Tensor]]:
 
 
 def minmax_normalize(cam: Tensor, eps: float = 1e-8) -> Tensor:
-    """Min-max normalise each ``(n, c)`` map of ``cam`` ``(N, C, H, W)`` to [0, 1] in its own dtype
-    (a flat map becomes 0)."""
-    lo = cam.amin(dim=(2, 3), keepdim=True)
-    hi = cam.amax(dim=(2, 3), keepdim=True)
-    return (cam - lo) / (hi - lo).clamp_min(eps)
+    """Deprecated alias of :func:`attnblocks.minmax_maps` (the same operation); warns."""
+    warnings.warn(
+        "attnblocks.gradcam.minmax_normalize is deprecated; use attnblocks.minmax_maps",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return minmax_maps(cam, eps)
 
 
 def grad_cam_from_activation(
@@ -194,13 +200,13 @@ def grad_cam_from_activation(
         score, activation, retain_graph=retain_graph, create_graph=not detach_weights
     )
     dtype = torch.promote_types(activation.dtype, torch.float32)  # fp32 under autocast, or fp64
-    weights = grad.to(dtype).mean(dim=(2, 3), keepdim=True)
-    cam = (weights * activation.to(dtype)).sum(dim=1, keepdim=True)
+    weights = reduce(grad.to(dtype), "n k h w -> n k 1 1", "mean")
+    cam = reduce(weights * activation.to(dtype), "n k h w -> n 1 h w", "sum")
     if relu:
         cam = F.relu(cam)
     if size is not None and tuple(cam.shape[-2:]) != tuple(size):
         cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)
-    return minmax_normalize(cam) if normalize else cam
+    return minmax_maps(cam) if normalize else cam
 
 
 class GradCAMOutput(tuple):

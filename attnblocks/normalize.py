@@ -9,6 +9,9 @@ Every normalization maps a feature tensor ``(N, C, H, W)`` to an attention mask 
 
 They compute in (at least) float32 and return the input dtype, so fp16/bf16 inputs neither overflow nor
 lose the mask's small values; under autocast the same holds.
+
+The reshapes here (and in the blocks and gates that call these functions) are plain torch, not einops:
+torch.fx feature extractors trace through them with proxies, which einops does not accept.
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ from timm.models.resnet import Bottleneck
 from torch import nn
 
 from attnblocks import convert_block, merge
+from examples.run import autocast, fill_defaults, resolve_device
 
 from . import harness
+from .timing import compare_alternating, time_fn
 
 __all__ = ["STAGES", "copy_bandwidth", "main", "nominal_peak_bandwidth", "run"]
 
@@ -39,6 +41,8 @@ STAGES: dict[str, tuple[int, int]] = {  # name -> (channels, spatial size) of Re
     "layer4": (2048, 7),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --dtypes value -> its autocast (examples.run.AMP_DTYPES); fp32 runs without autocast
+AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
 # Nominal DRAM bandwidth (bytes/s) from the vendors' datasheets, by device name, for PyTorch
@@ -64,7 +68,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, min_run_time: fl
     """Measured bandwidth (bytes/s, read + write) of ``dst.copy_(src)`` on a ``nbytes`` buffer."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = harness.time_fn(lambda: dst.copy_(src), device=device, min_run_time=min_run_time)
+    t = time_fn(lambda: dst.copy_(src), device=device, min_run_time=min_run_time)
     return 2.0 * nbytes / t.median
 
 
@@ -78,7 +82,7 @@ def _block_step(
         def fwd() -> None:
             if backend is not None:
                 merge.set_merge_backend(backend)
-            with torch.inference_mode(), harness.autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, AMP[dtype]):
                 block(x)
 
         return fwd
@@ -88,7 +92,7 @@ def _block_step(
     def fwd_bwd() -> None:
         if backend is not None:
             merge.set_merge_backend(backend)
-        with harness.autocast(device, dtype):
+        with autocast(device, AMP[dtype]):
             out = block(x)
         out.backward(grad.to(out.dtype))
 
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "merge_plain": merges["plain"][mode_i],
                                 "merge_arl": merges["arl"][mode_i],
                             }
-                            cmp = harness.compare_alternating(
+                            cmp = compare_alternating(
                                 variants,
                                 rounds=args.rounds,
                                 device=device,
@@ -253,7 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--copy-bytes", type=int, default=None)
     args = p.parse_args(argv)
-    harness.resolve_device(args.device)  # an unknown device is an error before any work
+    resolve_device(args.device)  # an unknown device is an error before any work
     quick = args.quick
     defaults = {
         "batch_sizes": [2] if quick else [32, 64, 128],
@@ -266,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 3,
         "copy_bytes": (1 << 22) if quick else (1 << 28),
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -41,9 +41,9 @@ from benchmarks.harness import (  # noqa: E402
     make_payload,
     run_metadata,
     setup_run,
-    time_fn,
     write_results,
 )
+from benchmarks.timing import time_fn  # noqa: E402
 from examples.isic import (  # noqa: E402
     ISIC2017Dataset,
     arl_train_transform,
@@ -105,7 +105,7 @@ def bench_patches(
 
     ``patches_per_s`` is per core: items per second of *process CPU time* (one thread), the
     median over ``blocks`` blocks -- on a shared machine wall time also counts other jobs' turns;
-    ``patches_per_s_wall`` is the wall-clock figure (harness ``time_fn``, blocked_autorange).
+    ``patches_per_s_wall`` is the wall-clock figure (``benchmarks.timing.time_fn``, blocked_autorange).
     """
     counter = iter(range(10**12))
 

@@ -23,8 +23,11 @@ import torchvision
 from torch import nn
 
 from attnblocks import convert_block, merge
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
+from .saved_tensors import saved_tensor_bytes
+from .timing import compare_alternating
 
 __all__ = ["FAMILIES", "block_of", "main", "run"]
 
@@ -62,7 +65,7 @@ def _step(block: nn.Module, x: torch.Tensor, amp: str) -> Callable[[], None]:
     grad = torch.randn_like(x)
 
     def fwd_bwd() -> None:
-        with harness.autocast(x.device, amp):
+        with autocast(x.device, amp):
             out = block(x)
         out.backward(grad.to(out.dtype))
 
@@ -79,13 +82,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plain = plain.to(device, memory_format=fmt)
         arl = convert_block(plain).to(device, memory_format=fmt)
         x = torch.randn(args.batch_size, c, h, w, device=device).to(memory_format=fmt)
-        with harness.autocast(device, args.amp):
+        with autocast(device, args.amp):
             saved = {
-                k: harness.saved_tensor_bytes(m.train(), x.requires_grad_(True))
+                k: saved_tensor_bytes(m.train(), x.requires_grad_(True))
                 for k, m in (("plain", plain), ("arl", arl))
             }
         x = x.detach().requires_grad_(True)
-        cmp = harness.compare_alternating(
+        cmp = compare_alternating(
             {"plain": _step(copy.deepcopy(plain), x, args.amp),
              "arl": _step(copy.deepcopy(arl), x, args.amp)},
             rounds=args.rounds, device=device, min_run_time=args.min_run_time, warmup=args.warmup,
@@ -126,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (quick: 2)")
     p.add_argument("--image-size", type=int, default=None, help="default 224 (quick: 64)")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
     args = p.parse_args(argv)
@@ -138,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "min_run_time": 0.005 if quick else 0.3,
         "warmup": 1 if quick else 2,
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -16,8 +16,7 @@ import torch
 import attnblocks as ab
 from attnblocks.merge import eager
 from attnblocks.merge.spec import CODES, NormIn, NormOut
-
-from . import harness
+from examples.run import environment, resolve_device
 
 
 def _check_kernels(device: torch.device) -> float:
@@ -70,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
-    device = harness.resolve_device(args.device)
-    meta = harness.run_metadata(device)
+    device = resolve_device(args.device)
+    meta = environment(device)
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, attnblocks {ab.__version__}"
     )

@@ -1,394 +1,86 @@
-"""Shared benchmark harness: timing, alternating A/B comparison, saved-activation bytes, metadata.
+"""The frame every benchmark runs in: its flags, its run record and its results file.
 
-Method (see ``benchmarks/README.md``):
-
-- **Timing.** On CPU, :func:`time_fn` uses ``torch.utils.benchmark.Timer.blocked_autorange`` (the
-  statement is repeated in blocks until ``min_run_time`` has passed; one sample per block). On CUDA it
-  uses CUDA events around each call, after a synchronised warm-up. Both return a :class:`Timing`
-  (median, inter-quartile range, min, max of the per-call times).
-- **A/B comparison.** :func:`compare_alternating` measures several variants in the same process, in
-  rounds, alternating their order every round (A B, B A, A B, ...), so that slow drifts of a shared
-  machine (other jobs, thermal state) hit every variant alike. Ratios are computed *per round* (paired)
-  and summarised by their median and spread.
-- **Saved activations.** :class:`SavedTensorMeter` counts the bytes of the tensors that autograd saves
-  for backward (``torch.autograd.graph.saved_tensors_hooks``), deduplicated by storage so that a
-  tensor saved by two ops (a ReLU output that the next convolution also saves) counts once. Parameters
-  and buffers can be excluded, so that the figure is the activation memory of a training step.
+- **Flags.** :func:`add_common_args` (device, threads, ``--quick``, rounds, output, seed),
+  :func:`setup_run` and :func:`run_main` (parse, run, write).
+- **Record.** :func:`run_metadata`: the commit, software, hardware and threads of the run.
 - **Results.** :func:`write_results` writes one JSON file per run with a fixed schema
   (:data:`SCHEMA`, checked by :func:`validate_results`), atomically.
+
+What the benchmarks measure with: :mod:`benchmarks.timing` (per-call times, alternating A/B
+rounds) and :mod:`benchmarks.saved_tensors` (activation bytes). Devices (``--device``), the
+autocast table, the environment record, atomic writes and the filling of profile defaults are the
+run set-up the example scripts use too: :mod:`examples.run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils.benchmark as tbench
+
+from examples.run import environment, git_state, resolve_device, write_json
 
 __all__ = [
     "RESULTS_DIR",
     "SCHEMA",
-    "Comparison",
-    "SavedTensorMeter",
-    "Timing",
     "add_common_args",
-    "autocast",
-    "compare_alternating",
+    "default_output",
+    "finish_run",
     "format_table",
     "make_payload",
-    "resolve_device",
-    "run_metadata",
-    "saved_tensor_bytes",
-    "setup_run",
-    "default_output",
-    "fill_defaults",
-    "finish_run",
     "run_main",
-    "time_fn",
+    "run_metadata",
+    "setup_run",
     "validate_results",
     "write_results",
 ]
 
 SCHEMA = "attnblocks.benchmarks/v1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------------
-# Run metadata and devices
+# Run metadata
 # --------------------------------------------------------------------------------------------------
 
 
-def _git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        out = subprocess.run(
-            ["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a device; ``auto`` picks CUDA when available.
-
-    Raises:
-        ValueError: for an unknown name, or ``cuda`` requested on a machine without CUDA.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+# the results' metadata keys, in order, and the key of examples.run.environment() each comes from
+_METADATA_FROM_ENVIRONMENT = {
+    "created_utc": "created_utc",
+    "python": "python",
+    "platform": "platform",
+    "torch": "torch",
+    "cuda": "cuda",
+    "cudnn": "cudnn",
+    "device": "device",
+    "device_name": "device_name",
+    "cpu_capability": "cpu_capability",
+    "cpu_count": "cpu_count",
+    "num_threads": "threads",
+    "omp_num_threads": "omp_num_threads",
+}
+_CUDA_METADATA = ("device_memory_bytes", "device_capability")
 
 
 def run_metadata(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Everything needed to interpret a figure later: code, software, hardware and threads."""
-    device = torch.device(device)
-    meta: dict[str, Any] = {
-        **_git_commit(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": str(device),
-        "device_name": _cpu_name(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "num_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "argv": sys.argv[1:],
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        meta["device_name"] = props.name
-        meta["device_memory_bytes"] = props.total_memory
-        meta["device_capability"] = f"{props.major}.{props.minor}"
-    try:
-        import triton  # noqa: F401  (optional)
+    """Everything needed to interpret a figure later: code, software, hardware and threads.
 
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
+    The record of :func:`examples.run.environment`, under the names of the results schema:
+    ``commit`` and ``dirty`` apart, ``num_threads``, and ``argv`` without the program name.
+    """
+    env = environment(device)
+    commit, dirty = git_state()
+    meta: dict[str, Any] = {"commit": commit, "dirty": dirty}
+    meta.update({key: env[source] for key, source in _METADATA_FROM_ENVIRONMENT.items()})
+    meta["argv"] = sys.argv[1:]
+    meta.update({key: env[key] for key in _CUDA_METADATA if key in env})
+    meta["triton"] = env["triton"]
     return meta
-
-
-# --------------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """Summary of repeated timings of one callable, in seconds per call."""
-
-    median: float
-    iqr: float
-    min: float
-    max: float
-    n: int
-    times: list[float] = field(default_factory=list)
-
-    @classmethod
-    def from_times(cls, times: Sequence[float]) -> Timing:
-        if not times:
-            raise ValueError("no timings to summarise")
-        ts = sorted(float(t) for t in times)
-        q1, q3 = _quartiles(ts)
-        return cls(
-            median=statistics.median(ts), iqr=q3 - q1, min=ts[0], max=ts[-1], n=len(ts), times=ts
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _quartiles(ts: Sequence[float]) -> tuple[float, float]:
-    if len(ts) < 2:
-        return ts[0], ts[0]
-    q = statistics.quantiles(ts, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-_AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``"bf16"`` or ``"fp16"``; no autocast for ``"none"`` or ``"fp32"``."""
-    if amp in ("none", "fp32"):
-        return contextlib.nullcontext()
-    if amp not in _AMP_DTYPES:
-        raise ValueError(f"unknown autocast dtype {amp!r}; expected none, fp32, bf16 or fp16")
-    return torch.autocast(device.type, dtype=_AMP_DTYPES[amp])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(
-    fn: Callable[[], Any],
-    *,
-    device: torch.device | str = "cpu",
-    min_run_time: float = 0.2,
-    warmup: int = 1,
-    cuda_iters: int = 10,
-) -> Timing:
-    """Time ``fn()`` and return the per-call :class:`Timing`.
-
-    CPU: ``warmup`` untimed calls, then ``Timer.blocked_autorange(min_run_time)``; each block gives
-    one sample (its mean per call). CUDA: ``warmup`` calls, a synchronise, then ``cuda_iters`` calls,
-    each between two CUDA events (device time, no host-side launch gaps between calls counted).
-    """
-    device = torch.device(device)
-    if warmup < 0 or min_run_time <= 0 or cuda_iters < 1:
-        raise ValueError(
-            f"time_fn: need warmup >= 0, min_run_time > 0, cuda_iters >= 1; "
-            f"got {warmup}, {min_run_time}, {cuda_iters}"
-        )
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(cuda_iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(cuda_iters)]
-        for start, end in zip(starts, ends, strict=True):
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        return Timing.from_times(
-            [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
-        )
-    timer = tbench.Timer(
-        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label="attnblocks"
-    )
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return Timing.from_times(m.times)
-
-
-@dataclass
-class Comparison:
-    """Result of :func:`compare_alternating`.
-
-    ``timings[name]``: summary of the per-round medians of each variant. ``ratios[name]``: summary
-    of the per-round ratio ``variant / baseline`` (paired within a round). ``rounds``: raw per-round
-    medians, in measurement order.
-    """
-
-    baseline: str
-    timings: dict[str, Timing]
-    ratios: dict[str, Timing]
-    rounds: list[dict[str, float]]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline,
-            "timings": {k: v.as_dict() for k, v in self.timings.items()},
-            "ratios": {k: v.as_dict() for k, v in self.ratios.items()},
-            "rounds": self.rounds,
-        }
-
-
-def compare_alternating(
-    fns: Mapping[str, Callable[[], Any]],
-    *,
-    baseline: str | None = None,
-    rounds: int = 5,
-    device: torch.device | str = "cpu",
-    min_run_time: float = 0.2,
-    warmup: int = 1,
-    cuda_iters: int = 10,
-) -> Comparison:
-    """Measure several variants in the same process, alternating their order every round.
-
-    Round ``r`` measures the variants in the given order when ``r`` is even and in reverse order
-    when odd; each measurement is a :func:`time_fn` whose median is the round's figure. The ratio of
-    each variant to ``baseline`` (default: the first) is taken within each round, then summarised.
-    """
-    if not fns:
-        raise ValueError("compare_alternating needs at least one variant")
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    names = list(fns)
-    baseline = names[0] if baseline is None else baseline
-    if baseline not in fns:
-        raise ValueError(f"baseline {baseline!r} is not one of the variants {names}")
-    for name in names:  # warm every variant once before the first timed round
-        for _ in range(warmup):
-            fns[name]()
-    per_round: list[dict[str, float]] = []
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        row: dict[str, float] = {}
-        for name in order:
-            t = time_fn(
-                fns[name], device=device, min_run_time=min_run_time, warmup=0, cuda_iters=cuda_iters
-            )
-            row[name] = t.median
-        per_round.append(row)
-    timings = {n: Timing.from_times([row[n] for row in per_round]) for n in names}
-    ratios = {
-        n: Timing.from_times([row[n] / row[baseline] for row in per_round])
-        for n in names
-        if n != baseline
-    }
-    return Comparison(baseline=baseline, timings=timings, ratios=ratios, rounds=per_round)
-
-
-# --------------------------------------------------------------------------------------------------
-# Saved activations
-# --------------------------------------------------------------------------------------------------
-
-
-def _storage_key(t: torch.Tensor) -> tuple[str, int]:
-    return (str(t.device), t.untyped_storage().data_ptr())
-
-
-class SavedTensorMeter:
-    """Count the bytes autograd saves for backward while the context is open.
-
-    Deduplicated by storage: a tensor saved by several ops (or several views of one storage) counts
-    once, with the size of its whole storage, which is what stays alive until backward. Storages of
-    ``exclude`` (typically the model's parameters and buffers) are not counted.
-
-    Example:
-        >>> x = torch.randn(4, 8, requires_grad=True)
-        >>> with SavedTensorMeter() as meter:
-        ...     y = torch.relu(x * 2).sum()   # mul saves nothing (scalar), relu saves its output
-        >>> meter.bytes
-        128
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        self._exclude = {_storage_key(t) for t in exclude}
-        self._seen: dict[tuple[str, int], int] = {}
-        self._alive: list[torch.Tensor] = []  # keeps storages alive: no address reuse while open
-        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
-        self.calls = 0
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        key = _storage_key(t)
-        if key not in self._exclude and key not in self._seen:
-            self._seen[key] = t.untyped_storage().nbytes()
-            self._alive.append(t)
-        return t
-
-    @staticmethod
-    def _unpack(t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    @property
-    def bytes(self) -> int:
-        """Total bytes of the distinct saved storages."""
-        return sum(self._seen.values())
-
-    @property
-    def count(self) -> int:
-        """Number of distinct saved storages."""
-        return len(self._seen)
-
-    def __enter__(self) -> SavedTensorMeter:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._hooks is not None:
-            self._hooks.__exit__(*exc)
-        self._hooks = None
-        self._alive.clear()
-
-
-def saved_tensor_bytes(
-    model: torch.nn.Module, inputs: torch.Tensor, *, exclude_params: bool = True
-) -> int:
-    """Bytes of activations saved by one forward of ``model(inputs)`` (see :class:`SavedTensorMeter`).
-
-    Runs the forward with gradients enabled, counts, then frees the graph without a backward.
-    """
-    exclude = list(model.parameters()) + list(model.buffers()) if exclude_params else []
-    with SavedTensorMeter(exclude=exclude) as meter:
-        out = model(inputs)
-    del out
-    return meter.bytes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,21 +137,9 @@ def validate_results(payload: Mapping[str, Any]) -> None:
 
 
 def write_results(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Validate and write ``payload`` as JSON to ``path`` atomically (temp file + ``os.replace``)."""
+    """Validate ``payload`` and write it as JSON to ``path`` atomically (``examples.run``)."""
     validate_results(payload)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json(path, payload, indent=1)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -510,14 +190,6 @@ def default_output(name: str, args: argparse.Namespace, device: torch.device) ->
     if args.quick:
         return None
     return RESULTS_DIR / f"{name}-{device.type}.json"
-
-
-def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argparse.Namespace:
-    """Set every argument left at ``None`` to its profile default (``--quick`` or full)."""
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
 
 
 def finish_run(

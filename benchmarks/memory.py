@@ -5,7 +5,7 @@ backend) it reports:
 
 - **saved-activation bytes**: the tensors autograd keeps for backward after one training-mode
   forward, deduplicated by storage, parameters and buffers excluded
-  (:class:`benchmarks.harness.SavedTensorMeter`). Deterministic: the same on every machine with the
+  (:class:`benchmarks.saved_tensors.SavedTensorMeter`). Deterministic: the same on every machine with the
   same input shape and dtype.
 - **peak memory** (CUDA only): ``torch.cuda.max_memory_allocated`` over forward + backward, minus
   what was allocated before.
@@ -23,9 +23,11 @@ import torch
 
 import attnblocks as ab
 from attnblocks import merge
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
 from .models import PAIRS, build_pair
+from .saved_tensors import saved_tensor_bytes
 
 __all__ = ["main", "measure", "peak_bytes", "run"]
 
@@ -37,7 +39,7 @@ def peak_bytes(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> in
     torch.cuda.synchronize(x.device)
     torch.cuda.reset_peak_memory_stats(x.device)
     before = torch.cuda.memory_allocated(x.device)
-    with harness.autocast(x.device, amp):
+    with autocast(x.device, amp):
         out = model(x)
     out.float().sum().backward()
     torch.cuda.synchronize(x.device)
@@ -50,8 +52,8 @@ def measure(model: torch.nn.Module, x: torch.Tensor, amp: str = "none") -> dict[
     """``{"saved_bytes": ..., "peak_bytes": ...}`` of one training-mode step of ``model`` on ``x``
     (under ``amp`` autocast: ``none``, ``bf16`` or ``fp16``)."""
     model.train()
-    with harness.autocast(x.device, amp):
-        saved = harness.saved_tensor_bytes(model, x)
+    with autocast(x.device, amp):
+        saved = saved_tensor_bytes(model, x)
     return {"saved_bytes": saved, "peak_bytes": peak_bytes(model, x, amp)}
 
 
@@ -148,11 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: the library's default backend (native), eager and reference",
     )
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"batch_size": 2 if quick else 8, "image_size": 64 if quick else 224}
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

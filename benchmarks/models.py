@@ -28,8 +28,10 @@ from torch import nn
 
 import attnblocks as ab
 from attnblocks import merge
+from examples.run import AMP_DTYPES, autocast, fill_defaults
 
 from . import harness
+from .timing import compare_alternating
 
 __all__ = ["PAIRS", "ModelPair", "build_pair", "main", "make_step", "run"]
 
@@ -110,7 +112,7 @@ def make_step(
             if merge_backend is not None:
                 merge.set_merge_backend(merge_backend)
             opt.zero_grad(set_to_none=True)
-            with harness.autocast(device, amp):
+            with autocast(device, amp):
                 loss = loss_fn(run_model(x).float(), y)
             loss.backward()
             opt.step()
@@ -124,7 +126,7 @@ def make_step(
                 merge.set_merge_backend(merge_backend)
             with (
                 torch.no_grad() if compile else torch.inference_mode(),
-                harness.autocast(device, amp),
+                autocast(device, amp),
             ):
                 run_model(x)
 
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         copy.deepcopy(attn), x, y, mode, amp=args.amp, merge_backend=backend,
                         compile=args.compile,
                     )  # fmt: skip
-                cmp = harness.compare_alternating(
+                cmp = compare_alternating(
                     variants,
                     rounds=args.rounds,
                     device=device,
@@ -232,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=merge.list_merge_backends(),
         help="ARL merge backends to time against the plain model (default: the library's, native)",
     )
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="time the models under torch.compile")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per variant")
@@ -246,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 2,
         "merge_backends": [merge.get_merge_backend()],
     }
-    return harness.fill_defaults(args, defaults)
+    return fill_defaults(args, defaults)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

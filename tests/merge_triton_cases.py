@@ -18,10 +18,13 @@ pytest.importorskip("triton", reason="Triton is not installed")
 from attnblocks.merge import eager
 from attnblocks.merge.spec import CODES, SPATIAL, NormIn, NormOut
 
-if "attnblocks.merge.triton_kernels" in sys.modules:  # imported earlier without the interpreter
-    tk = importlib.reload(sys.modules["attnblocks.merge.triton_kernels"])
-else:
-    tk = importlib.import_module("attnblocks.merge.triton_kernels")
+# modules imported earlier without the interpreter are imported again: @triton.jit reads
+# TRITON_INTERPRET when the kernels (triton_jit) are defined
+for _name in ("attnblocks.merge.triton_jit", "attnblocks.merge.triton_kernels"):
+    if _name in sys.modules:
+        importlib.reload(sys.modules[_name])
+tk = importlib.import_module("attnblocks.merge.triton_kernels")
+assert tk.jit is sys.modules["attnblocks.merge.triton_jit"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on masked lanes
 

@@ -13,16 +13,14 @@ import attnblocks as ab
 from benchmarks import blocks, harness, memory, models
 from benchmarks.harness import (
     SCHEMA,
-    SavedTensorMeter,
-    Timing,
-    compare_alternating,
     make_payload,
-    resolve_device,
     run_metadata,
-    saved_tensor_bytes,
     validate_results,
     write_results,
 )
+from benchmarks.saved_tensors import SavedTensorMeter, saved_tensor_bytes
+from benchmarks.timing import Timing, compare_alternating, time_fn
+from examples.run import autocast
 
 # --- harness ---------------------------------------------------------------------------------------
 
@@ -38,10 +36,10 @@ def test_timing_summary():
 
 def test_time_fn_counts_calls():
     calls = []
-    t = harness.time_fn(lambda: calls.append(1), min_run_time=0.01, warmup=2)
+    t = time_fn(lambda: calls.append(1), min_run_time=0.01, warmup=2)
     assert t.n >= 1 and t.median > 0 and len(calls) > 2
     with pytest.raises(ValueError, match="min_run_time > 0"):
-        harness.time_fn(lambda: None, min_run_time=0)
+        time_fn(lambda: None, min_run_time=0)
 
 
 def test_compare_alternating_order_and_paired_ratios():
@@ -90,15 +88,12 @@ def test_saved_tensor_bytes_of_a_linear_layer_excludes_parameters():
     assert saved_tensor_bytes(lin, x, exclude_params=False) == 3 * 16 * 4 + 16 * 4 * 4
 
 
-def test_autocast():
+def test_blocks_dtypes_run_under_the_shared_autocast_table():
     x = torch.randn(2, 2)
-    for amp in ("none", "fp32"):
-        with harness.autocast(torch.device("cpu"), amp):
-            assert (x @ x).dtype == torch.float32
-    with harness.autocast(torch.device("cpu"), "bf16"):
-        assert (x @ x).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown autocast dtype 'fp8'"):
-        harness.autocast(torch.device("cpu"), "fp8")
+    assert set(blocks.AMP) == set(blocks.DTYPES)
+    for name, dtype in blocks.DTYPES.items():  # fp32: no autocast
+        with autocast(torch.device("cpu"), blocks.AMP[name]):
+            assert (x @ x).dtype == dtype
 
 
 def test_finish_run_config(tmp_path, capsys):
@@ -112,23 +107,29 @@ def test_finish_run_config(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["case", "t", "----", "-", "a", "1"]
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
+def test_benchmarks_resolve_their_device_before_any_work():
+    args = argparse.Namespace(threads=None, seed=0, device="cpu")
+    assert harness.setup_run(args) == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        blocks.parse_args(["--device", "tpu"])
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
+        with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
+            harness.setup_run(argparse.Namespace(threads=None, seed=0, device="cuda"))
 
 
 def test_results_schema_round_trip(tmp_path):
     meta = run_metadata("cpu")
     assert meta["torch"] == torch.__version__ and meta["num_threads"] == torch.get_num_threads()
+    assert list(meta) == [
+        "commit", "dirty", "created_utc", "python", "platform", "torch", "cuda", "cudnn", "device",
+        "device_name", "cpu_capability", "cpu_count", "num_threads", "omp_num_threads", "argv",
+        "triton",
+    ]  # fmt: skip
+    assert meta["commit"] is None or (len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool))
     rows = [{"name": "x", "params": {"b": 1}, "metrics": {"t_s": 0.5, "peak": None}}]
     payload = make_payload("unit", rows, config={"quick": True}, metadata=meta)
     path = write_results(payload, tmp_path / "sub" / "unit.json")
-    assert json.loads(path.read_text()) == json.loads(json.dumps(payload))
+    assert path.read_text() == json.dumps(payload, indent=1) + "\n"
     assert [p.name for p in path.parent.iterdir()] == ["unit.json"]  # no temp file left
     bad_rows = [
         [{"name": "x", "params": {}}],

@@ -12,7 +12,6 @@ import attnblocks as ab
 from attnblocks.gradcam import (
     capture_activation,
     default_target_layer,
-    minmax_normalize,
     resolve_layer,
 )
 
@@ -149,15 +148,29 @@ def test_autocast_returns_float32_close_to_fp32(dtype: torch.dtype) -> None:
     assert (cam - ref).abs().max() < 0.05  # 0.015 at worst over 30 seeds (bf16)
 
 
-def test_minmax_normalize_flat_map_is_zero() -> None:
+def test_minmax_maps_flat_map_is_zero() -> None:
     cam = torch.stack([torch.full((1, 3, 3), 2.0), torch.arange(9.0).view(1, 3, 3)])
-    out = minmax_normalize(cam)
+    out = ab.minmax_maps(cam)
     assert torch.equal(out[0], torch.zeros(1, 3, 3))
     torch.testing.assert_close(out[1], torch.arange(9.0).view(1, 3, 3) / 8)
-    # each (n, c) map on its own, in the input's dtype
+    # each (n, c) map on its own; float64 stays float64, anything narrower computes in float32
     two = torch.stack([torch.arange(4.0), 10 - 2 * torch.arange(4.0)]).view(1, 2, 2, 2).double()
     expected = torch.stack([torch.arange(4.0) / 3, 1 - torch.arange(4.0) / 3]).view(1, 2, 2, 2)
-    torch.testing.assert_close(minmax_normalize(two), expected.double())
+    torch.testing.assert_close(ab.minmax_maps(two), expected.double())
+    half = ab.minmax_maps(two.half())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, expected.float())
+
+
+def test_minmax_normalize_is_a_deprecated_alias_of_minmax_maps() -> None:
+    from attnblocks.gradcam import minmax_normalize
+
+    cam = torch.randn(2, 3, 4, 5)
+    with pytest.warns(
+        DeprecationWarning, match=r"minmax_normalize is deprecated; use .*minmax_maps"
+    ):
+        out = minmax_normalize(cam, eps=1e-6)
+    assert torch.equal(out, ab.minmax_maps(cam, eps=1e-6))
 
 
 def test_unknown_layer_lists_candidates() -> None:

@@ -380,7 +380,7 @@ def test_block_hooks_on_fused_modules_still_run(hooked, backend):
 
 
 def test_network_saves_no_more_than_plain(backend):
-    from benchmarks.harness import saved_tensor_bytes
+    from benchmarks.saved_tensors import saved_tensor_bytes
 
     src = timm.create_model("resnet26", num_classes=2)
     x = torch.randn(2, 3, 64, 64)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -56,6 +58,25 @@ def test_wheel_contents(wheel: Path) -> None:
     }
     assert not any("==" in r.split(";")[0] for r in requires), "dependencies are ranges, not pins"
     assert "Requires-Python: >=3.10" in metadata
+
+
+def test_core_imports_only_its_declared_dependencies() -> None:
+    """The package imports no third-party module that pyproject.toml does not declare (the core never
+    imports the examples' scikit-learn, matplotlib, ...), but for two optional ones imported where
+    they are used: Triton (shipped with CUDA builds of torch) and safetensors (timm's dependency)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    imported = set()
+    for path in (ROOT / "attnblocks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"attnblocks", "__future__"}
+    assert {"torch", "timm", "einops"} <= third_party
+    assert third_party - declared <= {"triton", "safetensors"}, third_party - declared
 
 
 def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
