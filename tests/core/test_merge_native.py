@@ -29,8 +29,8 @@ from attnblocks.merge import (
     set_merge_backend,
 )
 from attnblocks.normalize import get_normalization
+from tests._support.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NATIVE_NORMS = ["spatial", "sigmoid"]
 
 

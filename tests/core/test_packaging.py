@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from attnblocks.merge import native as _merge_native
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._support.data import ROOT
 
 
 @pytest.fixture(scope="module")
