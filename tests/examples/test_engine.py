@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from examples.isic.engine import (
     seed_everything,
 )
 from tests._support.data import ROOT
+from tests._support.distributed import run_ranks
 from tests._support.training import Blobs, loaders, make_trainer, tiny_model
 
 
@@ -231,21 +231,35 @@ json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": i
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed")  # fmt: skip
-def test_ddp_two_process_gloo(tmp_path: Path) -> None:
+_TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+# torchrun starts three interpreters (~20 s on two busy cores): the default set runs the same script
+# as two ranks forked from one interpreter, the slow set under torchrun
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param("forkserver", marks=pytest.mark.skipif(
+            not hasattr(os, "fork"), reason="no fork server on this platform")),
+        pytest.param("torchrun", marks=[pytest.mark.slow, pytest.mark.skipif(
+            not _TORCHRUN.is_file(), reason=f"torchrun not installed next to {sys.executable}")]),
+    ],
+)  # fmt: skip
+def test_ddp_two_process_gloo(tmp_path: Path, launcher: str) -> None:
     import json
 
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT).format(
         root=str(ROOT), out=str(tmp_path)))  # fmt: skip
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if launcher == "forkserver":
+        assert run_ranks(script.read_text(), world_size=2) == [0, 0]
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            [str(_TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
     assert r0["world"] == 2
     assert r0["ids"] == r1["ids"] == [f"img{i:03d}" for i in range(13)]  # no padded duplicate
