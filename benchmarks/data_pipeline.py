@@ -49,7 +49,7 @@ from examples.isic import (  # noqa: E402
     arl_train_transform,
     attnmel_train_transform,
 )
-from examples.isic.synthetic import render_lesion  # noqa: E402
+from examples.isic.data.synthetic import render_lesion  # noqa: E402
 
 TARGET_PATCHES_PER_S = 200.0
 
@@ -83,7 +83,7 @@ def bench_cache_build(root: Path, cache_root: Path, cache_size: int, workers: in
     """Cold-cache build of the whole split; images (with their masks) per second."""
     start = time.perf_counter()
     ds = ISIC2017Dataset(
-        root, "train", image_size=cache_size, cache_dir=cache_root, cache_workers=workers,
+        root, "train", load_size=cache_size, cache_dir=cache_root, cache_workers=workers,
         progress=False,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(bench_cache_build(root, Path(tmp) / "cache1", cache_size, workers=0))
         if workers > 0:
             rows.append(bench_cache_build(root, Path(tmp) / "cacheN", cache_size, workers))
-        cached = dict(image_size=cache_size, cache_dir=Path(tmp) / "cache1", progress=False)
+        cached = dict(load_size=cache_size, cache_dir=Path(tmp) / "cache1", progress=False)
         variants = [
             ("arl_train_patch", arl_train_transform(size), False),  # ARL uses no masks
             ("arl_train_patch_with_mask", arl_train_transform(size), True),

@@ -53,7 +53,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.cache import default_cache_dir
+from examples.isic.data.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer
 
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ds_task = "3class" if args.task == "both" else args.task
     tasks = report.isic2017_tasks(ds_task)
-    load = {"image_size": args.load_size, "progress": info.is_main and args.progress,
+    load = {"load_size": args.load_size, "progress": info.is_main and args.progress,
             "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True}  # fmt: skip
     if args.load_size is not None:
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic2017-resized"
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.is_main:
         cli.write_skipped(out, splits)
     if args.limit is not None:
-        splits = {k: cli.LimitedDataset(v, args.limit) for k, v in splits.items()}
+        splits = {k: v.limit(args.limit) for k, v in splits.items()}
     cli.check_not_empty(splits, root)
     train, val, test = splits["train"], splits["val"], splits["test"]
     sampler = OversamplingSampler(train.labels, base_repeats=args.patches_per_image, seed=args.seed)

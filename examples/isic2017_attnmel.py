@@ -58,7 +58,7 @@ from examples.isic import (
     viz,
     write_predictions_csv,
 )
-from examples.isic.cache import default_cache_dir
+from examples.isic.data.cache import default_cache_dir
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer
 from examples.isic.metrics import ci_method
@@ -217,7 +217,7 @@ def build_datasets(
     model's ``pretrained_cfg``)."""
     cls, splits, task, _, _ = DATASETS[args.dataset]
     load: dict[str, Any] = {
-        "image_size": args.load_size, "progress": info.is_main and args.progress,
+        "load_size": args.load_size, "progress": info.is_main and args.progress,
         "skip_bad": args.skip_bad, "cache_workers": args.workers, "verify": True,
     }  # fmt: skip
     if args.load_size is not None:

@@ -66,12 +66,12 @@ from examples.isic.cli import (
     write_json,
     write_skipped,
 )
+from examples.isic.data.synthetic2018 import default_synthetic2018_root
+from examples.isic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.distributed import shard_loader
 from examples.isic.engine import Trainer, atomic_save
 from examples.isic.metrics import multiclass_metrics, write_predictions_csv
 from examples.isic.report import flatten_metrics, format_multiclass_table
-from examples.isic.synthetic2018 import default_synthetic2018_root
-from examples.isic.transforms import IMAGENET_MEAN, IMAGENET_STD
 from examples.isic.viz import denormalize, plot_confusion, plot_curves, save_overlays
 
 CLASSES = ISIC2018Dataset.class_names
@@ -250,7 +250,7 @@ def load_data(args: argparse.Namespace, out: Path) -> dict[str, BoxedISIC]:
     sets = {}
     for split in ("train", "val", "test"):
         base = ISIC2018Dataset(
-            root, split, split_file=out / "split.json", image_size=load_size,
+            root, split, split_file=out / "split.json", load_size=load_size,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             split_mismatch="error" if args.resume else "replace", skip_bad=args.skip_bad,
             cache_workers=args.workers, verify=True, progress=False,

@@ -349,7 +349,7 @@ def isic_split(p: dict[str, Any], root: Path, split: str, transform) -> SafeISIC
         "isic2018": ("ISIC2018_Task3_Training_Input/", "ISIC2018_Task3_Training_GroundTruth/"),
     }  # fmt: skip
     check_layout(root, layouts[dataset], dataset.upper())
-    kw: dict[str, Any] = {"image_size": p.get("load_size"), "skip_bad": True, "progress": False,
+    kw: dict[str, Any] = {"load_size": p.get("load_size"), "skip_bad": True, "progress": False,
                           "load_masks": False}  # fmt: skip
     if p.get("cache_dir"):  # the same resized (re-encoded) pixels as the run
         kw["cache_dir"] = Path(p["cache_dir"]).expanduser()
@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [(i, "cannot read image (logged when the split was read)") for i in data.skipped] + bad
     unreadable = out.with_name(f"{out.stem}.unreadable.txt")
     if bad:
-        from examples.isic.cache import atomic_write
+        from examples.run.files import atomic_write
 
         text = "".join(f"{i}\t{reason}\n" for i, reason in bad)
         atomic_write(unreadable, lambda fh: fh.write(text.encode()))

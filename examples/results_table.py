@@ -288,7 +288,7 @@ def render_figure(group: Mapping[str, Any], path: str | Path) -> Path:
 
 def render(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
     """Write ``<group>.md`` and ``<group>.png`` for every group file (next to it by default)."""
-    from examples.isic.cache import atomic_write
+    from examples.run.files import atomic_write
 
     written = []
     for p in paths:

@@ -1,21 +1,49 @@
 """ISIC pipeline pieces: datasets, resized-image cache, the papers' transforms, samplers, synthetic
 data and metrics (importable from the repository root: ``from examples.isic import ...``).
 
-- ``data``: :class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`, :class:`ISIC2018Dataset`
-  (``base``: the shared :class:`ISICDataset` and CSV reading).
-- ``splits``: the lesion-grouped stratified split of ISIC 2018.
-- ``cache``: :class:`ResizedImageCache` (JPEG draft-mode decode, atomic, invalidating).
-- ``transforms``: the ARL / AttnMel pipelines, gray world, mean/std (``patches``: the geometric
-  pieces -- central patches, 9 test views, AttnMel crops, rot90).
-- ``sampling``: :class:`OversamplingSampler`, :class:`WeightedSampler` (DDP-aware).
-- ``synthetic``: :func:`make_synthetic_isic2017`, :func:`default_synthetic_root`.
+- ``data``: datasets (:class:`ISIC2016Dataset`, :class:`ISIC2017Dataset`,
+  :class:`ISIC2018Dataset`), the ISIC 2018 lesion split, the resized-image cache, the papers'
+  transforms, samplers and synthetic data (see :mod:`examples.isic.data`).
 - ``metrics``: binary / ISIC 2017 / multi-class metrics, bootstrap AUC intervals, sensitivity at
   fixed specificities, attention Jaccard, prediction CSVs.
 - ``recipes``: ``--recipe paper|timm``, the papers' protocols or timm's fine-tuning utilities.
 """
 
-from .cache import ImageReadError, ResizedImageCache, load_image, load_mask
-from .data import ISIC2017_TASKS, ISIC2016Dataset, ISIC2017Dataset, ISIC2018Dataset, ISICDataset
+from .data import (
+    ARL_SCALES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ISIC2017_TASKS,
+    ARLPatchAugment,
+    CentralPatchCrop,
+    CentralSquareCrop,
+    GrayWorld,
+    ImageReadError,
+    ISIC2016Dataset,
+    ISIC2017Dataset,
+    ISIC2018Dataset,
+    ISICDataset,
+    NineViews,
+    OversamplingSampler,
+    RandomRot90,
+    ResizedImageCache,
+    WeightedSampler,
+    arl_test_transform,
+    arl_train_transform,
+    attnmel_eval_transform,
+    attnmel_train_transform,
+    class_balanced_weights,
+    compute_mean_std,
+    default_synthetic_root,
+    get_or_make_split,
+    gray_world,
+    lesion_split,
+    load_image,
+    load_mask,
+    make_synthetic_isic2017,
+    oversample_indices,
+    read_lesion_groups,
+)
 from .metrics import (
     attention_jaccard,
     binary_metrics,
@@ -23,31 +51,6 @@ from .metrics import (
     isic2017_scores_from_3class,
     multiclass_metrics,
     write_predictions_csv,
-)
-from .sampling import (
-    OversamplingSampler,
-    WeightedSampler,
-    class_balanced_weights,
-    oversample_indices,
-)
-from .splits import get_or_make_split, lesion_split, read_lesion_groups
-from .synthetic import default_synthetic_root, make_synthetic_isic2017
-from .transforms import (
-    ARL_SCALES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ARLPatchAugment,
-    CentralPatchCrop,
-    CentralSquareCrop,
-    GrayWorld,
-    NineViews,
-    RandomRot90,
-    arl_test_transform,
-    arl_train_transform,
-    attnmel_eval_transform,
-    attnmel_train_transform,
-    compute_mean_std,
-    gray_world,
 )
 
 __all__ = [

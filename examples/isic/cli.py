@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .cache import atomic_write
+from ..run.files import atomic_write
 from .distributed import DistInfo, init_distributed
 from .engine import AMP_DTYPES
 from .runtime import RunError
@@ -482,7 +482,7 @@ def input_normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tupl
     """``(mean, std)`` of the model's ``pretrained_cfg`` (timm's preprocessing of its weights);
     ImageNet's when the model has none. Every transform of a run (training, validation, test
     views, predictions, figures) normalises with these."""
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))

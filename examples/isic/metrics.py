@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import atomic_write
+from ..run.files import atomic_write
 
 __all__ = [
     "SPECIFICITIES",

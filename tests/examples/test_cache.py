@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from examples.isic import ImageReadError, ISIC2017Dataset, ResizedImageCache, load_image, load_mask
-from examples.isic.cache import atomic_write, target_size
+from examples.isic.data.images import target_size
+from examples.run.files import atomic_write
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -79,7 +80,7 @@ def test_cache_reuse_invalidation_and_settings(tmp_path):
     # a damaged entry is rebuilt
     cache.image_entry(src).write_bytes(b"garbage")
     assert cache.get_image(src).size == (160, 120)
-    leftovers = [p for p in (tmp_path / "cache").rglob(".tmp-*")]
+    leftovers = [p for p in (tmp_path / "cache").rglob(".*")]  # no temporary file left
     assert not leftovers
 
 
@@ -109,9 +110,9 @@ def test_dataset_with_cache_matches_direct_resize(tmp_path):
     from examples.isic import make_synthetic_isic2017
 
     root = make_synthetic_isic2017(tmp_path / "d", n_train=6, n_val=3, n_test=3, size=96, seed=2)
-    direct = ISIC2017Dataset(root, "train", image_size=48)
+    direct = ISIC2017Dataset(root, "train", load_size=48)
     cached = ISIC2017Dataset(
-        root, "train", image_size=48, cache_dir=tmp_path / "c", cache_workers=0, progress=False
+        root, "train", load_size=48, cache_dir=tmp_path / "c", cache_workers=0, progress=False
     )
     assert len(list(cached.cache.folder.iterdir())) == 12  # 6 images + 6 masks, built up front
     a, b = direct[1], cached[1]
@@ -121,7 +122,7 @@ def test_dataset_with_cache_matches_direct_resize(tmp_path):
 
 
 def test_warm_build_reads_headers_only(tmp_path, monkeypatch):
-    import examples.isic.cache as cache_mod
+    import examples.isic.data.cache as cache_mod
 
     img = _jpeg(tmp_path / "a.jpg", 300, 200)
     mask = np.zeros((200, 300), np.uint8)

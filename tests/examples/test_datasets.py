@@ -89,11 +89,11 @@ def test_2017_item_image_mask_alignment(synth):
     assert gray[item["mask"][0] > 0].mean() < gray[item["mask"][0] == 0].mean()
 
 
-def test_2017_image_size_resizes_image_and_mask(synth):
-    ds = ISIC2017Dataset(synth, "val", task="3class", image_size=(40, 48))
+def test_2017_load_size_resizes_image_and_mask(synth):
+    ds = ISIC2017Dataset(synth, "val", task="3class", load_size=(40, 48))
     item = ds[0]
     assert item["image"].shape == (3, 40, 48) and item["mask"].shape == (1, 40, 48)
-    ds = ISIC2017Dataset(synth, "val", task="3class", image_size=32)
+    ds = ISIC2017Dataset(synth, "val", task="3class", load_size=32)
     assert ds[0]["image"].shape == (3, 32, 32)
 
 
@@ -102,7 +102,7 @@ def test_2017_bad_arguments(synth):
         ISIC2017Dataset(synth, "valid")
     with pytest.raises(ValueError, match="task must be one of"):
         ISIC2017Dataset(synth, "train", task="nevus")
-    with pytest.raises(ValueError, match="cache_dir needs image_size"):
+    with pytest.raises(ValueError, match="cache_dir needs load_size"):
         ISIC2017Dataset(synth, "train", cache_dir=synth.parent / "cache")
 
 
@@ -158,14 +158,14 @@ def test_truncated_image_raises_or_is_skipped(synth, tmp_path, caplog):
         root,
         "val",
         "3class",
-        image_size=32,
+        load_size=32,
         cache_dir=tmp_path / "c",
         skip_bad=True,
         progress=False,
     )
     assert cached.skipped == [ds.ids[4]]
     with pytest.raises(ImageReadError, match=bad.name):
-        ISIC2017Dataset(root, "val", image_size=32, cache_dir=tmp_path / "c2", progress=False)
+        ISIC2017Dataset(root, "val", load_size=32, cache_dir=tmp_path / "c2", progress=False)
 
 
 def test_mask_of_other_size_is_resized(synth, tmp_path):
@@ -190,13 +190,11 @@ def test_missing_masks_are_explicit(synth, tmp_path):
 
 def test_data_root_is_never_written(synth, tmp_path):
     before = _snapshot(synth)
-    ds = ISIC2017Dataset(
-        synth, "train", image_size=32, cache_dir=tmp_path / "cache", progress=False
-    )
+    ds = ISIC2017Dataset(synth, "train", load_size=32, cache_dir=tmp_path / "cache", progress=False)
     _ = [ds[i] for i in range(3)]
     assert _snapshot(synth) == before
     with pytest.raises(ValueError, match="inside the data folder"):
-        ISIC2017Dataset(synth, "train", image_size=32, cache_dir=synth / "cache")
+        ISIC2017Dataset(synth, "train", load_size=32, cache_dir=synth / "cache")
 
 
 # --- real data (../shared/data) -------------------------------------------------------------

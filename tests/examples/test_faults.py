@@ -29,16 +29,12 @@ from examples import isic2017_arl as arl
 from examples import isic2017_attnmel as attnmel
 from examples import isic2018_care as care
 from examples.isic import ISIC2017Dataset, ISIC2018Dataset, cli
-from examples.isic.cache import (
-    ResizedImageCache,
-    atomic_write,
-    default_cache_dir,
-    load_image,
-    load_mask,
-)
 from examples.isic.checkpointing import config_differences
+from examples.isic.data.cache import ResizedImageCache, default_cache_dir
+from examples.isic.data.images import load_image, load_mask
+from examples.isic.data.synthetic import cached_dataset
 from examples.isic.engine import NonFiniteError, Trainer
-from examples.isic.synthetic import cached_dataset
+from examples.run.files import atomic_write
 from tests._support.data import ROOT, shared_subset
 
 # the plots are checked by the scripts' own tests: here they are built but not rendered
@@ -392,7 +388,7 @@ def test_zero_one_masks_load_like_zero_255_masks(mini2017: Path, tmp_path: Path)
     for path in reference.mask_paths[:3]:
         arr = np.asarray(Image.open(path))
         Image.fromarray((arr > 127).astype(np.uint8)).save(path)  # now 0/1
-    for kw in ({}, {"image_size": 64, "cache_dir": tmp_path / "cache", "progress": False}):
+    for kw in ({}, {"load_size": 64, "cache_dir": tmp_path / "cache", "progress": False}):
         ds = ISIC2017Dataset(mini2017, "val", "melanoma", **kw)
         for k in range(3):
             mask = ds.load(k)[1]

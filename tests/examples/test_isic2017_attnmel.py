@@ -17,7 +17,6 @@ from examples.isic import (
     binary_metrics,
     make_synthetic_isic2017,
 )
-from examples.isic.cli import LimitedDataset
 from tests._support.data import shared_subset
 from tests._support.scores import (
     assert_multiclass_metrics_agree,
@@ -164,7 +163,7 @@ def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
         root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv",
     )
     test = ISIC2018Dataset(root, "test", split_file=out / "split.json")
-    assert ids == LimitedDataset(test, 35).ids
+    assert ids == test.limit(35).ids
     assert_multiclass_metrics_agree(
         json.loads((out / "metrics.json").read_text()), columns, scores, truth
     )

@@ -1,147 +1,42 @@
-"""The dataset base class and the CSV/image-file helpers shared by the ISIC releases.
+"""The dataset base class shared by the ISIC releases.
 
-See ``data.py`` for the item format and the per-release classes.
+See ``datasets.py`` for the item format and the per-release classes.
 """
 
 from __future__ import annotations
 
-import csv
+import copy
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from .cache import (
-    ImageReadError,
-    ResizedImageCache,
-    check_outside,
-    load_image,
-    load_mask,
-    verify_files,
-)
+from .cache import ResizedImageCache, check_outside
+from .images import ImageReadError, load_image, load_mask, verify_files
+from .subsets import check_indices, first_per_class, random_indices, stratified_holdout
 
-__all__ = ["ISICDataset", "read_label_csv"]
+__all__ = ["ISICDataset"]
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-
-
-def read_label_csv(
-    path: str | os.PathLike, columns: Sequence[str], header: bool = True
-) -> tuple[list[str], np.ndarray]:
-    """Read an ISIC ground-truth CSV: ids and a float ``(N, len(columns)-1)`` value array.
-
-    ``columns`` is the expected header, id column first. With ``header=False`` the file has no
-    header row and its columns are taken in that order. Raises ``FileNotFoundError`` /
-    ``ValueError`` naming the file and the expected columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ground-truth CSV not found: {path} (expected columns: {', '.join(columns)})"
-        )
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's BOM
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{path} is not a UTF-8 text CSV ({err.reason} at byte {err.start})"
-        ) from err
-    except csv.Error as err:
-        raise ValueError(f"{path} is not a readable CSV: {err}") from err
-    if header:
-        if not rows:
-            raise ValueError(f"{path} is empty; expected header {','.join(columns)}")
-        found = [c.strip() for c in rows[0]]
-        missing = [c for c in columns if c not in found]
-        if missing:
-            raise ValueError(
-                f"{path} has columns {found}; expected {list(columns)} (missing {missing})"
-            )
-        index = [found.index(c) for c in columns]
-        rows = rows[1:]
-    else:
-        index = list(range(len(columns)))
-    ids, values = [], []
-    for lineno, row in enumerate(rows, start=2 if header else 1):
-        if len(row) <= max(index):
-            raise ValueError(
-                f"{path} line {lineno} has {len(row)} fields; expected columns {list(columns)}"
-            )
-        if not row[index[0]].strip():
-            raise ValueError(f"{path} line {lineno} has an empty {columns[0]!r}")
-        ids.append(row[index[0]].strip())
-        values.append([row[i].strip() for i in index[1:]])
-    return ids, np.asarray(values, dtype=object).reshape(len(ids), len(columns) - 1)
-
-
-def _as_float(values: np.ndarray, path: Path, columns: Sequence[str]) -> np.ndarray:
-    try:
-        out = values.astype(np.float32)
-    except ValueError as err:
-        raise ValueError(f"{path}: non-numeric value in columns {list(columns)}: {err}") from err
-    if not np.isin(out, (0.0, 1.0)).all():
-        raise ValueError(f"{path}: columns {list(columns)} must hold 0/1 values")
-    return out
-
-
-def _unique_rows(
-    ids: list[str], values: np.ndarray, path: Path, skip_bad: bool = False
-) -> tuple[list[str], np.ndarray]:
-    """``ids`` and their label rows with each id once.
-
-    An id listed twice with different labels raises ``ValueError`` (which label is right cannot be
-    told); one listed twice with the same labels raises too, unless ``skip_bad``, which keeps its
-    first row (with a logged warning).
-    """
-    first: dict[str, int] = {}
-    repeats: list[int] = []
-    for k, i in enumerate(ids):
-        if i in first:
-            repeats.append(k)
-        else:
-            first[i] = k
-    if not repeats:
-        return ids, values
-
-    def same(k: int) -> bool:
-        return bool(np.array_equal(values[k], values[first[ids[k]]]))
-
-    conflicting = [ids[k] for k in repeats if not same(k)]
-    if conflicting:
-        raise ValueError(
-            f"{path}: {len(conflicting)} image ids are listed twice with different labels "
-            f"(first: {', '.join(dict.fromkeys(conflicting[:5]))}); fix the CSV"
-        )
-    if not skip_bad:
-        shown = ", ".join(dict.fromkeys(ids[k] for k in repeats[:5]))
-        raise ValueError(
-            f"{path}: {len(repeats)} rows repeat an image id already listed (first: {shown}); "
-            "remove them, or skip_bad=True (--skip-bad) keeps the first row of each"
-        )
-    log.warning("%s: %d repeated rows left out (same labels)", path, len(repeats))
-    keep = sorted(first.values())
-    return [ids[k] for k in keep], values[keep]
-
-
-def _find_image(folder: Path, image_id: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        p = folder / f"{image_id}{suffix}"
-        if p.is_file():
-            return p
-    return None
+D = TypeVar("D", bound="ISICDataset")
 
 
 class ISICDataset(torch.utils.data.Dataset):
-    """Base class: a list of ``(id, image path, mask path or None)`` records plus labels."""
+    """Base class: a list of ``(id, image path, mask path or None)`` records plus labels.
+
+    :meth:`subset` (and :meth:`limit`, :meth:`sample`, :meth:`holdout`, built on it) gives a
+    dataset of the same class holding some of the images.
+    """
 
     class_names: tuple[str, ...] = ()
+    # attributes holding one entry per image, in dataset order (what subset() selects from)
+    per_image: tuple[str, ...] = ("ids", "image_paths", "mask_paths", "labels")
     csv_columns: tuple[str, ...] = ()
     csv_id_column: str = "image"
 
@@ -155,7 +50,7 @@ class ISICDataset(torch.utils.data.Dataset):
         task: str,
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         cache_workers: int = 0,
         skip_bad: bool = False,
         progress: bool = True,
@@ -167,7 +62,7 @@ class ISICDataset(torch.utils.data.Dataset):
         self.load_masks = load_masks
         self.task = task
         self.transform = transform
-        self.image_size = image_size
+        self.load_size = load_size
         missing = [k for k, p in enumerate(image_paths) if p is None]
         if missing and not skip_bad:
             raise FileNotFoundError(
@@ -177,10 +72,10 @@ class ISICDataset(torch.utils.data.Dataset):
             )
         self.cache: ResizedImageCache | None = None
         if cache_dir is not None:
-            if image_size is None:
-                raise ValueError("cache_dir needs image_size (int shorter side or (h, w))")
+            if load_size is None:
+                raise ValueError("cache_dir needs load_size (int shorter side or (h, w))")
             check_outside(cache_dir, [self.root])
-            self.cache = ResizedImageCache(cache_dir, image_size)
+            self.cache = ResizedImageCache(cache_dir, load_size)
         # (id, file, reason) of every image left out
         self.bad_files: list[tuple[str, str, str]] = [
             (ids[k], "", f"no image file for {ids[k]} in the data folder") for k in missing
@@ -216,6 +111,7 @@ class ISICDataset(torch.utils.data.Dataset):
         self.image_paths = [image_paths[k] for k in keep]
         self.mask_paths = [mask_paths[k] for k in keep]
         self.labels = labels[keep]
+        self.selections: list[str] = []  # how a subset was chosen, for summary()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -228,13 +124,61 @@ class ISICDataset(torch.utils.data.Dataset):
         return {n: int(c) for n, c in zip(self.class_names, counts, strict=True)}
 
     def summary(self) -> str:
-        """One line: size, class counts, masks present and images skipped."""
+        """One line: size, class counts, masks present, images skipped and, for a subset, how it
+        was chosen."""
         masks = sum(p is not None for p in self.mask_paths)
+        chosen = f" ({'; '.join(self.selections)})" if self.selections else ""
         return (
             f"{type(self).__name__}(task={self.task!r}, split={getattr(self, 'split', '-')!r}): "
             f"{len(self)} images, classes {self.class_counts()}, {masks} with masks, "
-            f"{len(self.skipped)} skipped"
+            f"{len(self.skipped)} skipped{chosen}"
         )
+
+    def subset(self: D, indices: Sequence[int] | np.ndarray | torch.Tensor, why: str = "") -> D:
+        """The images at ``indices`` (in that order) as a dataset of this class.
+
+        Every per-image attribute (:attr:`per_image`: ids, image and mask paths, labels, and the
+        lesion ids of ISIC 2018) is taken at ``indices``, so ``class_counts()`` and ``summary()``
+        count the subset; ``skipped`` and ``bad_files`` stay those of the split read from disk
+        (unreadable images, in neither dataset). Transform, cache and loading settings are
+        shared. ``why`` (e.g. ``"limit 60"``) is listed by ``summary()``.
+
+        Raises ``TypeError`` for non-integer indices and ``ValueError`` for negative,
+        out-of-range or repeated ones.
+        """
+        keep = check_indices(indices, len(self))
+        sub = copy.copy(self)
+        for name in self.per_image:
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                setattr(sub, name, value[keep])
+            else:
+                setattr(sub, name, [value[k] for k in keep.tolist()])
+        sub.skipped, sub.bad_files = list(self.skipped), list(self.bad_files)
+        sub.selections = [*self.selections, f"{why or 'subset'}: {len(keep)} of {len(self)}"]
+        return sub
+
+    def limit(self: D, n: int) -> D:
+        """At most ``n`` images: the first ``max(1, n // classes)`` of each class, in dataset
+        order (``--limit``; deterministic, see :func:`~.subsets.first_per_class`)."""
+        return self.subset(first_per_class(self.labels, n), f"limit {n}")
+
+    def sample(self: D, n: int, seed: int) -> D:
+        """``n`` images drawn with ``seed``, kept in dataset order (all when ``n >= len(self)``;
+        ``--train-limit``, see :func:`~.subsets.random_indices`)."""
+        return self.subset(random_indices(len(self), n, seed), f"sample {n}, seed {seed}")
+
+    def holdout(self: D, fraction: float, seed: int, part: str) -> D:
+        """A seeded stratified ``fraction`` of each class (``part="held_out"``), or the other
+        images (``part="rest"``); see :func:`~.subsets.stratified_holdout`. The two parts of one
+        ``fraction`` and ``seed`` split the dataset."""
+        held = stratified_holdout(self.labels, fraction, seed)
+        if part == "held_out":
+            return self.subset(held, f"held-out {fraction:g}, seed {seed}")
+        if part == "rest":
+            rest = np.setdiff1d(np.arange(len(self)), held)
+            return self.subset(rest, f"rest after holding out {fraction:g}, seed {seed}")
+        raise ValueError(f"holdout part must be 'held_out' or 'rest', got {part!r}")
 
     def __repr__(self) -> str:
         return self.summary()
@@ -248,7 +192,7 @@ class ISICDataset(torch.utils.data.Dataset):
             h, w = image.shape[-2:]
             mask = None if mask_path is None else self.cache.get_mask_tensor(mask_path, (w, h))
         else:
-            im = load_image(path, self.image_size)
+            im = load_image(path, self.load_size)
             image = TF.pil_to_tensor(im)
             mask = None
             if mask_path is not None:
@@ -279,7 +223,3 @@ class ISICDataset(torch.utils.data.Dataset):
             "label": label,
             "id": self.ids[index],
         }
-
-
-def _optional(path: Path) -> Path | None:
-    return path if path.is_file() else None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_write
+from ...run.files import atomic_write
 
 __all__ = ["SPLITS", "get_or_make_split", "lesion_split", "read_lesion_groups"]
 

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cache import _umask, default_cache_dir
+from ...run.files import _umask
+from .cache import default_cache_dir
+from .layout import ISIC2017_PREFIX
 
 __all__ = [
     "CLASS_FRACTIONS",
@@ -46,11 +48,6 @@ __all__ = [
 
 #: fraction of (nevus, melanoma, seborrheic keratosis) images per split
 CLASS_FRACTIONS = (0.45, 0.30, 0.25)
-_PREFIX = {
-    "train": "ISIC-2017_Training",
-    "val": "ISIC-2017_Validation",
-    "test": "ISIC-2017_Test_v2",
-}
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -133,7 +130,7 @@ def render_lesion(rng: np.random.Generator, cls: int, size: int) -> tuple[np.nda
 
 
 def _write_split(root: Path, split: str, n: int, size: int, rng: np.random.Generator, start: int):
-    prefix = _PREFIX[split]
+    prefix = ISIC2017_PREFIX[split]
     data_dir, mask_dir = root / f"{prefix}_Data", root / f"{prefix}_Part1_GroundTruth"
     data_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
@@ -197,7 +194,7 @@ def default_synthetic_root(
     """The synthetic dataset for these settings, generated once into the cache and reused.
 
     The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
-    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`); the data go to
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.data.cache.default_cache_dir`); the data go to
     ``<cache>/synthetic/isic2017-<settings hash>``, built in a temporary folder beside it and
     renamed into place (atomic: concurrent callers never see a half-written dataset).
     """
@@ -219,7 +216,7 @@ def cached_dataset(
     """``<cache>/synthetic/<name>-<hash of key>``, built once by ``build(folder)`` and reused.
 
     The cache folder is ``cache`` or ``$ATTNBLOCKS_CACHE_DIR`` (else ``$ATTNBLOCKS_CACHE``, else
-    ``~/.cache/attnblocks``, see :func:`~examples.isic.cache.default_cache_dir`). The data are
+    ``~/.cache/attnblocks``, see :func:`~examples.isic.data.cache.default_cache_dir`). The data are
     built in a temporary folder beside the final one and renamed into place, so concurrent callers
     never see a half-written dataset.
     """

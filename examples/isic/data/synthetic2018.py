@@ -27,16 +27,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .layout import ISIC2018_CLASSES
 from .synthetic import _draw_hairs, cached_dataset
 
 __all__ = [
-    "CLASSES_2018",
     "CLASS_FRACTIONS_2018",
     "default_synthetic2018_root",
     "make_synthetic_isic2018",
 ]
 
-CLASSES_2018 = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 #: fraction of images per class (HAM10000-like: NV dominates, DF and VASC rare)
 CLASS_FRACTIONS_2018 = (0.12, 0.60, 0.06, 0.05, 0.11, 0.03, 0.03)
 _RADIUS = {0: (0.26, 0.36), 1: (0.12, 0.18), 2: (0.18, 0.26), 3: (0.2, 0.3), 4: (0.2, 0.28)}
@@ -141,15 +140,15 @@ def make_synthetic_isic2018(
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"make_synthetic_isic2018: {root} exists and is not empty")
-    if n < 4 * len(CLASSES_2018):
-        raise ValueError(f"n must be >= {4 * len(CLASSES_2018)} (4 images per class), got {n}")
+    if n < 4 * len(ISIC2018_CLASSES):
+        raise ValueError(f"n must be >= {4 * len(ISIC2018_CLASSES)} (4 images per class), got {n}")
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
     h, w = size, round(size * 4 / 3)
     rng = np.random.default_rng(seed)
     counts = np.maximum(4, np.floor(np.asarray(CLASS_FRACTIONS_2018) * n)).astype(int)
     counts[1] += n - counts.sum()  # NV takes the rest
-    classes = rng.permutation(np.repeat(np.arange(len(CLASSES_2018)), counts))
+    classes = rng.permutation(np.repeat(np.arange(len(ISIC2018_CLASSES)), counts))
     dirs = {
         "img": root / "ISIC2018_Task3_Training_Input",
         "gt": root / "ISIC2018_Task3_Training_GroundTruth",
@@ -157,7 +156,7 @@ def make_synthetic_isic2018(
     }
     for d in dirs.values():
         d.mkdir(parents=True)
-    labels = ["image," + ",".join(CLASSES_2018)]
+    labels = ["image," + ",".join(ISIC2018_CLASSES)]
     meta = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
     lesion, previous = 0, -1
     for k, cls in enumerate(classes):
@@ -171,7 +170,9 @@ def make_synthetic_isic2018(
             dirs["seg"] / f"{image_id}_segmentation.png"
         )
         labels.append(image_id + "," + ",".join(f"{float(c == cls):.1f}" for c in range(7)))
-        meta.append(f"HAM_{lesion:07d},{image_id},{CLASSES_2018[cls].lower()},synthetic,50.0,,back")
+        meta.append(
+            f"HAM_{lesion:07d},{image_id},{ISIC2018_CLASSES[cls].lower()},synthetic,50.0,,back"
+        )
     (dirs["gt"] / "ISIC2018_Task3_Training_GroundTruth.csv").write_text("\n".join(labels) + "\n")
     (root / "HAM10000_metadata.csv").write_text("\n".join(meta) + "\n")
     return root

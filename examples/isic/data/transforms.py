@@ -12,7 +12,7 @@ interpolation); colour operations touch the image only. Sizes are arguments (def
   ``scales`` = 1/5, 2/5, 3/5, 4/5 of the image size (:class:`CentralPatchCrop`), resized to
   ``size x size`` bilinearly, then rotation +-10 degrees, zoom 90-110 %, horizontal and vertical
   flips. The paper draws 60 patches per image per epoch: use
-  :class:`~examples.isic.sampling.OversamplingSampler` with ``base_repeats=60``.
+  :class:`~examples.isic.data.sampling.OversamplingSampler` with ``base_repeats=60``.
 - :func:`arl_test_transform`: 9 views stacked into ``(9, 3, S, S)`` (masks ``(9, 1, S, S)``);
   ``mode="random"`` is the paper's 9 random central patches, ``mode="deterministic"`` the authors'
   later 9 views (:class:`NineViews`): the full image, 4 proportional centre crops (``s*H x s*W``)
@@ -47,6 +47,7 @@ from torchvision.transforms import v2
 
 from .patches import (
     ARL_SCALES,
+    BILINEAR,
     ARLPatchAugment,
     CentralPatchCrop,
     CentralSquareCrop,
@@ -74,7 +75,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BILINEAR = v2.InterpolationMode.BILINEAR
 
 
 def gray_world(image: Tensor, eps: float = 1e-6) -> Tensor:

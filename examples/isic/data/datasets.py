@@ -22,14 +22,17 @@ The transform is called as ``image, mask = transform(image, mask)`` with ``image
 Every dataset exposes ``ids`` (list of str), ``labels`` (numpy: int64 ``(N,)`` or float32
 ``(N, K)`` for ``"both"``), ``class_names``, ``task``, ``csv_columns`` and ``csv_id_column`` (the
 official ground-truth columns, for :func:`~examples.isic.metrics.write_predictions_csv`),
-``skipped`` (ids left out because their image could not be read) and ``summary()``.
+``skipped`` (ids left out because their image could not be read), ``summary()`` and
+``subset(indices)`` (a dataset of the same class holding those images; ``limit``, ``sample`` and
+``holdout`` choose them by rule, see :class:`~examples.isic.data.base.ISICDataset`).
 
 Labels come from the CSVs only; files the CSV does not list (the ``*_superpixels.png`` files of
 ISIC 2017) are ignored. Nothing under ``root`` is ever written to.
 
-Loading: ``image_size`` resizes on the fly (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` =
-exact); with ``cache_dir`` as well, resized copies are stored once in a
-:class:`~examples.isic.cache.ResizedImageCache` (built at construction with ``cache_workers``
+Loading: ``load_size`` (the scripts' ``--load-size``; the network input size is the transforms'
+business) resizes on decode (JPEG draft mode; ``int`` = shorter side, ``(h, w)`` = exact); with
+``cache_dir`` as well, resized copies are stored once in a
+:class:`~examples.isic.data.cache.ResizedImageCache` (built at construction with ``cache_workers``
 processes and a progress bar). ``skip_bad=True`` decodes every image at construction and leaves the
 unreadable ones out with a logged warning (counted in ``summary()``); otherwise a bad image raises
 an error naming the file. ``load_masks=False`` skips reading masks (``has_mask`` False, ``mask``
@@ -45,7 +48,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import ISICDataset, _as_float, _find_image, _optional, _unique_rows, read_label_csv
+from .base import ISICDataset
+from .layout import (
+    ISIC2017_PREFIX,
+    ISIC2018_CLASSES,
+    binary_columns,
+    find_image,
+    optional_file,
+    read_label_csv,
+    unique_rows,
+)
 
 __all__ = [
     "ISIC2016Dataset",
@@ -56,11 +68,6 @@ __all__ = [
     "read_label_csv",
 ]
 
-_2017_PREFIX = {
-    "train": "ISIC-2017_Training",
-    "val": "ISIC-2017_Validation",
-    "test": "ISIC-2017_Test_v2",
-}
 ISIC2017_TASKS = ("melanoma", "seborrheic_keratosis", "3class", "both")
 
 
@@ -75,7 +82,7 @@ class ISIC2017Dataset(ISICDataset):
             ``"seborrheic_keratosis"`` (``("other", "seborrheic_keratosis")``), ``"3class"``
             (``("nevus", "melanoma", "seborrheic_keratosis")``; label 0/1/2) or ``"both"`` (float
             vector ``[melanoma, seborrheic_keratosis]``, the official prediction columns).
-        transform, cache_dir, image_size, cache_workers, skip_bad, progress: see module docstring.
+        transform, cache_dir, load_size, cache_workers, skip_bad, progress: see module docstring.
     """
 
     csv_columns = ("melanoma", "seborrheic_keratosis")
@@ -88,24 +95,24 @@ class ISIC2017Dataset(ISICDataset):
         task: str = "melanoma",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if split not in _2017_PREFIX:
+        if split not in ISIC2017_PREFIX:
             raise ValueError(
-                f"ISIC2017Dataset split must be one of {list(_2017_PREFIX)}, got {split!r}"
+                f"ISIC2017Dataset split must be one of {list(ISIC2017_PREFIX)}, got {split!r}"
             )
         if task not in ISIC2017_TASKS:
             raise ValueError(
                 f"ISIC2017Dataset task must be one of {list(ISIC2017_TASKS)}, got {task!r}"
             )
         root = Path(root)
-        prefix = _2017_PREFIX[split]
+        prefix = ISIC2017_PREFIX[split]
         csv_path = root / f"{prefix}_Part3_GroundTruth.csv"
         columns = ("image_id", *self.csv_columns)
         ids, raw = read_label_csv(csv_path, columns)
-        values = _as_float(raw, csv_path, columns[1:])
-        ids, values = _unique_rows(ids, values, csv_path, kwargs.get("skip_bad", False))
+        values = binary_columns(raw, csv_path, columns[1:])
+        ids, values = unique_rows(ids, values, csv_path, kwargs.get("skip_bad", False))
         both = np.flatnonzero(values.sum(1) > 1)
         if len(both):
             raise ValueError(
@@ -122,10 +129,10 @@ class ISIC2017Dataset(ISICDataset):
             self.class_names = ("other", task)
         self.split = split
         data_dir, mask_dir = root / f"{prefix}_Data", root / f"{prefix}_Part1_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
 
@@ -149,7 +156,7 @@ class ISIC2016Dataset(ISICDataset):
         task: str = "malignant",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         names = {"train": "Training", "test": "Test"}
@@ -169,14 +176,14 @@ class ISIC2016Dataset(ISICDataset):
                 f"{csv_path}: labels must be benign/malignant or 0/1, found {sorted(set(bad))[:5]}"
             )
         labels = np.array([mapping[v.lower()] for v in raw[:, 0]], dtype=np.int64)
-        ids, labels = _unique_rows(ids, labels, csv_path, kwargs.get("skip_bad", False))
+        ids, labels = unique_rows(ids, labels, csv_path, kwargs.get("skip_bad", False))
         self.split = split
         data_dir = root / f"ISBI2016_ISIC_Part3_{name}_Data"
         mask_dir = root / f"ISBI2016_ISIC_Part1_{name}_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_Segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_Segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
 
@@ -191,14 +198,15 @@ class ISIC2018Dataset(ISICDataset):
     ``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_LesionGroupings.csv``.
 
     There is no official validation split: ``split`` selects from a stratified split grouped by
-    lesion (no lesion in two splits), see :func:`~examples.isic.splits.lesion_split`. With
+    lesion (no lesion in two splits), see :func:`~examples.isic.data.splits.lesion_split`. With
     ``split_file`` the split is read from that JSON file when it exists, else computed and saved
     there (atomically); a file made with another seed or other fractions is recomputed, or with
     ``split_mismatch="error"`` refused (``ValueError``); ``split="all"`` takes every image.
     """
 
-    class_names = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+    class_names = ISIC2018_CLASSES
     csv_columns = class_names
+    per_image = (*ISICDataset.per_image, "lesion_ids")
 
     def __init__(
         self,
@@ -207,7 +215,7 @@ class ISIC2018Dataset(ISICDataset):
         task: str = "7class",
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        load_size: int | tuple[int, int] | None = None,
         split_seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
@@ -228,8 +236,8 @@ class ISIC2018Dataset(ISICDataset):
         csv_path = gt_dir / "ISIC2018_Task3_Training_GroundTruth.csv"
         columns = ("image", *self.class_names)
         ids, raw = read_label_csv(csv_path, columns)
-        onehot = _as_float(raw, csv_path, columns[1:])
-        ids, onehot = _unique_rows(ids, onehot, csv_path, kwargs.get("skip_bad", False))
+        onehot = binary_columns(raw, csv_path, columns[1:])
+        ids, onehot = unique_rows(ids, onehot, csv_path, kwargs.get("skip_bad", False))
         bad = np.flatnonzero(onehot.sum(1) != 1)
         if len(bad):
             raise ValueError(f"{csv_path}: {len(bad)} rows are not one-hot (first: {ids[bad[0]]})")
@@ -245,10 +253,10 @@ class ISIC2018Dataset(ISICDataset):
             ids, labels = [ids[k] for k in keep], labels[keep]
         data_dir = root / "ISIC2018_Task3_Training_Input"
         mask_dir = root / "ISIC2018_Task1_Training_GroundTruth"
-        images = [_find_image(data_dir, i) for i in ids]
-        masks = [_optional(mask_dir / f"{i}_segmentation.png") for i in ids]
+        images = [find_image(data_dir, i) for i in ids]
+        masks = [optional_file(mask_dir / f"{i}_segmentation.png") for i in ids]
         super().__init__(
-            root, ids, images, masks, labels, task, transform, cache_dir, image_size,
+            root, ids, images, masks, labels, task, transform, cache_dir, load_size,
             source=str(csv_path), **kwargs,
         )  # fmt: skip
         self.lesion_ids = [groups[i] for i in self.ids]  # lesion of each image, for grouping
