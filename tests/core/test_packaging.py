@@ -57,6 +57,10 @@ def test_wheel_contents(wheel: Path) -> None:
     assert "Requires-Python: >=3.10" in metadata
 
 
+# ~10 s (a venv, pip, a fresh interpreter importing torch, a kernel build): end to end, in the slow
+# set; the default set checks the wheel's files and metadata above and builds the kernels from the
+# same source in test_merge_native.py
+@pytest.mark.slow
 def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=False).create(env_dir)
