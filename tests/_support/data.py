@@ -17,5 +17,5 @@ def shared_subset(name: str) -> Path:
     """Path of one folder of ``../shared/data``; skips the calling test when it is absent."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real ISIC data {name!r} not found at {path}")
+        pytest.skip(f"real ISIC data {name!r} not found at {path} (ATTNBLOCKS_SHARED_DATA=DIR)")
     return path
