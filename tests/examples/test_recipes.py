@@ -140,7 +140,7 @@ class Killed(Exception):
 
 
 def _timm_trainer(out: Path) -> Trainer:
-    from test_engine import accuracy, ce_loss, tiny_model
+    from tests._support.training import accuracy, ce_loss, tiny_model
 
     torch.manual_seed(0)
     model = tiny_model(0.2)
@@ -157,7 +157,7 @@ def _timm_trainer(out: Path) -> Trainer:
 
 
 def test_engine_resume_with_ema_and_cosine_is_exact(tmp_path: Path) -> None:
-    from test_engine import loaders
+    from tests._support.training import loaders
 
     full = _timm_trainer(tmp_path / "full")
     full.fit(*loaders(), epochs=4)
@@ -237,10 +237,10 @@ def test_attnmel_timm_recipe_runs_with_ce_and_dice(tiny_root: Path, tmp_path: Pa
     assert best["ema"] is not None and best["run_config"]["recipe"] == "timm"
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_care_timm_recipe_keeps_two_stages(tmp_path: Path) -> None:
-    from conftest import shared_subset
-
     from examples import isic2018_care as care
+    from tests._support.data import shared_subset
 
     args = care.parse_args(["--recipe", "timm", "--data-root", str(tmp_path)])
     assert (args.epochs, args.stage1_epochs, args.lr, args.weight_decay) == (20, 10, 3e-4, 0.05)

@@ -15,15 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from tests._support.data import ROOT
+
 pytest.importorskip("triton", reason="Triton is not installed")
 
 
-def test_triton_kernels_match_float64_under_the_interpreter():
+def test_triton_kernels_match_float64_under_the_interpreter(request):
     cases = Path(__file__).with_name("merge_triton_cases.py")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # the cases marked slow (large planes) run when this run selects slow tests too
+    markexpr = request.config.getoption("markexpr") or "slow or not slow"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
-        cwd=cases.parents[1], env=env, capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", markexpr, str(cases)],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]

@@ -29,8 +29,8 @@ from attnblocks.merge import (
     set_merge_backend,
 )
 from attnblocks.normalize import get_normalization
+from tests._support.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NATIVE_NORMS = ["spatial", "sigmoid"]
 
 
@@ -411,9 +411,37 @@ _NO_COMPILER = (
 )
 
 
+def test_compiler_is_cxx_when_set_and_never_replaced(tmp_path, monkeypatch):
+    """``$CXX`` wins, and one that does not exist is an error even with compilers on ``PATH``; without
+    ``$CXX`` the first compiler on ``PATH``, and none is an error that says what to install."""
+    from attnblocks.merge import build
+
+    fake = tmp_path / "bin" / "g++"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    monkeypatch.delenv("CXX", raising=False)
+    assert build._compiler() == str(fake)
+    monkeypatch.setenv("CXX", str(fake))
+    assert build._compiler() == str(fake)
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(build.BuildError, match=r"CXX='/nonexistent/g\+\+' is not an executable"):
+        build._compiler()
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(build.BuildError, match="no C\\+\\+ compiler found"):
+        build._compiler()
+
+
 @pytest.mark.parametrize(
     ("cxx", "expect"),
-    [("", "no C++ compiler found"), ("/nonexistent/g++", "CXX='/nonexistent/g++' is not")],
+    [
+        ("", "no C++ compiler found"),
+        # ~8 s (a fresh interpreter imports torch): the choice of compiler is checked in-process
+        # above, the log line and the eager fallback by the case without a compiler
+        pytest.param("/nonexistent/g++", "CXX='/nonexistent/g++' is not", marks=pytest.mark.slow),
+    ],
     ids=["no-compiler", "explicit-CXX-missing"],
 )
 def test_native_without_a_compiler_logs_once_and_runs_eager_even_under_W_error(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, shared_subset
 
 from examples import predict
 from examples.isic import make_synthetic_isic2017
+from tests._support.data import ROOT, shared_subset
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:isic_challenge_scoring.*")
 

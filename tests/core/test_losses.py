@@ -322,7 +322,7 @@ def test_real_isic_masks_through_the_attnmel_loss():
     import numpy as np
     from PIL import Image
 
-    from tests.conftest import shared_subset
+    from tests._support.data import shared_subset
 
     root = shared_subset("isic2017_256_mini")
     mask_files = sorted((root / "ISIC-2017_Training_Part1_GroundTruth").glob("*.png"))[:4]

@@ -145,7 +145,7 @@ def test_jit_trace_emits_no_library_warning(kind):
 # --- ONNX parity ------------------------------------------------------------------------------
 
 
-# ~7 s: docs/deploy.md's snippet and tests/test_merge_op.py export to ONNX in the fast set
+# ~7 s: docs/deploy.md's snippet exports an ARL ResNet with attention outputs to ONNX in the fast set
 @pytest.mark.slow
 def test_onnx_arl_resnet_with_attention_outputs_matches_onnxruntime(tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx is a test extra")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision import tv_tensors
@@ -16,6 +15,7 @@ from torchvision.transforms import v2
 
 import attnblocks as ab
 from attnblocks.boxes import check_boxes
+from tests._support.data import shared_subset
 
 
 def test_inner_outer_uniform_values() -> None:

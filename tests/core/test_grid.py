@@ -1,4 +1,5 @@
-"""GridAttentionGate: the DESIGN.md equations, normalizations, sizes, dtypes, compile, errors."""
+"""GridAttentionGate: the gate's equations (docs/grid_attention.md, "The gate"; AttnMel, Yan et al.,
+IPMI 2019), normalizations, sizes, dtypes, compile, errors."""
 
 from __future__ import annotations
 

@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import to_efficientnet_pytorch
 from torch import nn
 
 import attnblocks as ab
 from attnblocks.backbones import PooledVGGFeatures
+from tests._support.weights import to_efficientnet_pytorch
 
 
 def count(module: nn.Module) -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subset
 
 from examples.isic import (
     ISIC2017Dataset,
@@ -25,6 +24,7 @@ from examples.isic import (
     multiclass_metrics,
     write_predictions_csv,
 )
+from tests._support.data import shared_subset
 
 scoring = pytest.importorskip(
     "isic_challenge_scoring", reason="isic-challenge-scoring not installed"

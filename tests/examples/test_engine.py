@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,74 +14,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from examples.isic import cli
 from examples.isic.train.distributed import DistInfo, ShardSampler, shard_loader, unshard
 from examples.isic.train.predict import move_to, predict
-from examples.isic.train.trainer import NonFiniteLossError, Trainer
+from examples.isic.train.trainer import NonFiniteLossError
 from examples.run import atomic_save, autocast, check_amp, resolve_device, seed_everything
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Blobs(Dataset):
-    """Two Gaussian blobs as 3x8x8 'images' (class 1 brighter), with a random flip augmentation."""
-
-    def __init__(self, n: int = 48, seed: int = 0, views: int = 0, flip: bool = True) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(n) % 2
-        self.images = torch.randn(n, 3, 8, 8, generator=g) + self.labels[:, None, None, None]
-        self.views, self.flip = views, flip
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        x = self.images[i]
-        if (
-            self.flip and torch.rand(()) < 0.5
-        ):  # global RNG: replayed by the engine's per-epoch seeding
-            x = x.flip(-1)
-        if self.views:
-            x = torch.stack([x * (1 + 0.1 * v) for v in range(self.views)])
-        return {"image": x, "label": self.labels[i], "id": f"img{i:03d}"}
-
-
-def tiny_model(p_drop: float = 0.2) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(p_drop),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
-    )  # fmt: skip
-
-
-def ce_loss(batch: dict, output: torch.Tensor, model: nn.Module):
-    loss = nn.functional.cross_entropy(output.float(), batch["label"])
-    return loss, {"ce": loss.detach()}
-
-
-def accuracy(probs: np.ndarray, targets: np.ndarray) -> dict:
-    return {"acc": float((probs.argmax(1) == targets).mean())}
-
-
-def make_trainer(
-    out: Path, *, seed: int = 0, loss_fn=ce_loss, p_drop: float = 0.2, **kw
-) -> Trainer:
-    torch.manual_seed(seed)
-    model = tiny_model(p_drop)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-    kw.setdefault("run_config", {"arch": "tiny", "lr": 0.1})
-    return Trainer(
-        model, loss_fn, opt, out, torch.device("cpu"), scheduler=sched, metric_fn=accuracy,
-        monitor="acc", seed=seed, progress=False, **kw,
-    )  # fmt: skip
-
-
-def loaders(seed: int = 0):
-    train = DataLoader(Blobs(48, seed), batch_size=8, shuffle=True)
-    val = DataLoader(Blobs(16, seed + 1), batch_size=8)
-    return train, val
+from tests._support.data import ROOT
+from tests._support.distributed import run_ranks
+from tests._support.training import Blobs, loaders, make_trainer, tiny_model
 
 
 def test_fit_logs_checkpoints_and_learns(tmp_path: Path) -> None:
@@ -271,11 +212,10 @@ def test_cli_bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 DDP_SCRIPT = """
 import sys, json, torch
 sys.path.insert(0, {root!r})
-sys.path.insert(0, {tests!r})
 from torch.utils.data import DataLoader, DistributedSampler
 from examples.isic.train.distributed import init_distributed, ShardSampler
 from examples.isic.train.predict import predict
-from test_engine import Blobs, make_trainer
+from tests._support.training import Blobs, make_trainer
 dist_info = init_distributed(torch.device("cpu"))
 train, val = Blobs(40), Blobs(13, 1)
 tl = DataLoader(train, batch_size=4, sampler=DistributedSampler(train, seed=0))
@@ -296,21 +236,35 @@ json.dump({{"ids": preds.ids, "w": w.tolist(), "acc": metrics["acc"], "world": d
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed")  # fmt: skip
-def test_ddp_two_process_gloo(tmp_path: Path) -> None:
+_TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+# torchrun starts three interpreters (~20 s on two busy cores): the default set runs the same script
+# as two ranks forked from one interpreter, the slow set under torchrun
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param("forkserver", marks=pytest.mark.skipif(
+            not hasattr(os, "fork"), reason="no fork server on this platform")),
+        pytest.param("torchrun", marks=[pytest.mark.slow, pytest.mark.skipif(
+            not _TORCHRUN.is_file(), reason=f"torchrun not installed next to {sys.executable}")]),
+    ],
+)  # fmt: skip
+def test_ddp_two_process_gloo(tmp_path: Path, launcher: str) -> None:
     import json
 
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT).format(
-        root=str(ROOT), tests=str(ROOT / "tests"), out=str(tmp_path)))  # fmt: skip
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        root=str(ROOT), out=str(tmp_path)))  # fmt: skip
+    if launcher == "forkserver":
+        assert run_ranks(script.read_text(), world_size=2) == [0, 0]
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            [str(_TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
     assert r0["world"] == 2
     assert r0["ids"] == r1["ids"] == [f"img{i:03d}" for i in range(13)]  # no padded duplicate

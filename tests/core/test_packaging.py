@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from attnblocks.merge import native as _merge_native
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._support.data import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,10 @@ def test_core_imports_only_its_declared_dependencies() -> None:
     assert third_party - declared <= {"triton", "safetensors"}, third_party - declared
 
 
+# ~10 s (a venv, pip, a fresh interpreter importing torch, a kernel build): end to end, in the slow
+# set; the default set checks the wheel's files and metadata above and builds the kernels from the
+# same source in test_merge_native.py
+@pytest.mark.slow
 def test_wheel_installs_and_imports_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=False).create(env_dir)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_task_metrics_agree, read_scores_and_truth, shared_subset
 
 from examples import isic2017_arl as arl
 from examples.isic import ISIC2017Dataset, isic2017_metrics, make_synthetic_isic2017
+from tests._support.data import shared_subset
+from tests._support.scores import assert_task_metrics_agree, read_scores_and_truth
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:isic_challenge_scoring.*")
 
@@ -122,6 +123,7 @@ def test_same_seed_same_metrics_json(tiny_root: Path, tmp_path: Path) -> None:
     assert set(saved) >= {"melanoma", "seborrheic_keratosis", "mean_auc", "mean_auc_ci"}
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_resume_continues_and_refuses_other_config(tiny_root: Path, tmp_path: Path) -> None:
     base = ["--data-root", str(tiny_root), "--out", str(tmp_path / "r"), *TINY]
     arl.main([*base, "--epochs", "1"])
@@ -174,6 +176,7 @@ def test_plain_baseline_starts_from_the_same_weights() -> None:
     assert arl.alpha_columns(with_arl)["alpha/layer3.0"] == pytest.approx(1e-3)
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     metrics = arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "m"), "--epochs", "1",
                         "--task", "melanoma", "--amp", "bf16", "--normalization", "sigmoid", *TINY])  # fmt: skip
@@ -183,6 +186,7 @@ def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     assert header == "image_id,melanoma"
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_real_isic2017_sample(tmp_path: Path) -> None:
     root = shared_subset("isic2017_256_mini")
     out = tmp_path / "real"

@@ -76,7 +76,13 @@ def test_alpha_zero_equals_source_timm(arch, mode):
 @pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize(
     "builder",
-    [torchvision.models.resnet18, torchvision.models.resnet50, torchvision.models.resnext50_32x4d],
+    [
+        torchvision.models.resnet18,  # BasicBlock
+        torchvision.models.resnet50,  # Bottleneck
+        # the Bottleneck class again, grouped: its conversion is resnet50's
+        pytest.param(torchvision.models.resnext50_32x4d, marks=pytest.mark.slow),
+    ],
+    ids=lambda builder: builder.__name__,
 )
 def test_alpha_zero_equals_source_torchvision(builder, mode):
     src, arl = _pair(builder(weights=None, num_classes=3), mode)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_multiclass_metrics_agree, read_scores_and_truth, shared_subset
 from torchvision.transforms import v2
 
 import attnblocks as ab
 from examples import isic2018_care as script
 from examples.isic import ISIC2018Dataset
+from tests._support.data import shared_subset
+from tests._support.scores import assert_multiclass_metrics_agree, read_scores_and_truth
 
 TINY = ["--arch", "resnet10t", "--image-size", "48", "--batch-size", "8", "--no-progress"]
 TINY += ["--val-fraction", "0.2", "--test-fraction", "0.2"]
@@ -74,6 +75,29 @@ def _log(out: Path) -> list[dict[str, str]]:
     ]
 
 
+@pytest.mark.usefixtures("unrendered_plots")
+def test_small_baseline_shares_stage1_and_resume_is_exact(tmp_path: Path) -> None:
+    """The slow test below at 32 px on 8 training images, plots not rendered: --no-care trains the
+    same stage 1, stage 2 from a saved stage 1 gives the uninterrupted run's log, another seed's
+    stage 1 is refused."""
+    root = shared_subset("isic2018_200x150_mini")
+    small = ["--data-root", str(root), *TINY, "--image-size", "32", "--train-limit", "8"]
+    one, two = ["--epochs", "1", "--stage1-epochs", "1"], ["--epochs", "2", "--stage1-epochs", "1"]
+    script.main([*small, *two, "--out", str(tmp_path / "care")])
+    script.main([*small, *two, "--out", str(tmp_path / "base"), "--no-care"])
+    care, base = _log(tmp_path / "care"), _log(tmp_path / "base")
+    assert care[0] == base[0]
+    assert care[1]["train_care"] != base[1]["train_care"] and base[1]["train_care"] == "0.0"
+    script.main([*small, *one, "--out", str(tmp_path / "s1")])
+    stage1 = ["--stage1-from", str(tmp_path / "s1")]
+    script.main([*small, *two, "--out", str(tmp_path / "s2"), *stage1])
+    assert _log(tmp_path / "s2") == care
+    with pytest.raises(ValueError, match=r"--stage1-from: .* differs on \['seed'\]"):
+        script.main([*small, *two, "--seed", "7", "--out", str(tmp_path / "s3"), *stage1])
+
+
+# ~30 s (four runs at 48 px on the whole mini set); the test above checks the same at 32 px
+@pytest.mark.slow
 def test_baseline_shares_stage1_and_resume_is_exact(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150_mini")
     _run(root, tmp_path / "care")
@@ -139,6 +163,7 @@ def test_boxed_dataset_boxes_follow_the_transform() -> None:
     torch.testing.assert_close(plain[0]["box"], full[0]["box"] / 2, atol=1e-4, rtol=0)
 
 
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
 def test_saliency_boxes_end_to_end(tmp_path: Path) -> None:
     root = shared_subset("isic2018_200x150_mini")
     metrics = _run(root, tmp_path / "sal", "--boxes", "saliency", "--outer", "distance")

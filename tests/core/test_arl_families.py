@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import to_efficientnet_pytorch
 from torch import nn
 
 import attnblocks as ab
 from attnblocks.normalize import get_normalization
+from tests._support.weights import to_efficientnet_pytorch
 
 # (source, name, family, builder kwargs, input side). Every model is built with stochastic depth
 # where it has it, so that train-mode equality covers the merge's drop path.

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, shared_subset
 from PIL import Image
 from torch import nn
 
@@ -38,8 +37,13 @@ from examples.isic.train.checkpointing import config_differences
 from examples.isic.train.predict import NonFiniteError
 from examples.isic.train.trainer import Trainer
 from examples.run.files import atomic_write
+from tests._support.data import ROOT, shared_subset
 
-pytestmark = pytest.mark.filterwarnings("ignore::Warning")
+# the plots are checked by the scripts' own tests: here they are built but not rendered
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::Warning"),
+    pytest.mark.usefixtures("unrendered_plots"),
+]
 
 ARL = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--patches-per-image", "1",
        "--arch", "arl_cnn14", "--no-progress", "--cam-images", "1", "--limit", "6"]  # fmt: skip

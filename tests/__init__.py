@@ -1,0 +1,1 @@
+"""The test suite, in rooms that mirror the code: ``core`` (attnblocks), ``examples``, ``benchmarks``."""

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks (``benchmarks/``): the harness and the quick profiles."""

@@ -1,0 +1,1 @@
+"""Tests of the ISIC example scripts and their pieces (``examples/``)."""
