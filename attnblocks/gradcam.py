@@ -75,21 +75,26 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """The name of the last feature stage of a timm model (``model.feature_info[-1]["module"]``).
+    """The name of the module whose output is a timm model's last convolutional map.
 
-    This is ``"layer4"`` for a ResNet (plain, ``ARLWrapper``'d, :func:`~attnblocks.arl_cnn14`),
-    ``"blocks.6"`` for an EfficientNet-B0/Lite0, and the module whose output is the global stage's
-    map for an :class:`~attnblocks.AttentionGatedNet` (its ``cam_layer``, e.g.
-    ``"backbone.model.features.43"``, pool-5, for :func:`~attnblocks.attnmel_vgg16`).
+    That is the last feature stage (``model.feature_info[-1]["module"]``): ``"layer4"`` for a
+    ResNet (plain, ``ARLWrapper``'d, :func:`~attnblocks.arl_cnn14`), and for an
+    :class:`~attnblocks.AttentionGatedNet` the module whose output is the global stage's map (its
+    ``cam_layer``, e.g. ``"backbone.model.features.43"``, pool-5, for
+    :func:`~attnblocks.attnmel_vgg16`). A timm EfficientNet (or MobileNetV2, MNASNet, ...) maps its
+    last stage through a 1x1 convolution before pooling (``conv_head`` then ``bn2``, e.g. 320 ->
+    1280 channels for B0/Lite0): its last map is ``"bn2"``, the output of ``forward_features``.
 
     Raises:
         ValueError: if the model carries no timm ``feature_info``; pass the layer name explicitly.
     """
+    modules = dict(model.named_modules())
+    if isinstance(modules.get("conv_head"), nn.Conv2d) and "bn2" in modules:
+        return "bn2"  # timm's EfficientNet family: the head convolution runs before pooling
     info = getattr(model, "feature_info", None)
     if info:
         last = info[-1]
         name = str(last.get("module", "")) if isinstance(last, dict) else ""
-        modules = dict(model.named_modules())
         for candidate in (name, name.replace("_", ".")):
             if candidate and candidate in modules:
                 return candidate

@@ -97,7 +97,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="none | timm (download ImageNet weights) | PATH of a local checkpoint "
         "(timm or EfficientNet-PyTorch layout; the classifier is re-initialised)",
     )
-    g.add_argument("--target-layer", default="auto", help="Grad-CAM layer (auto: last stage)")
+    g.add_argument(
+        "--target-layer",
+        default="auto",
+        help="Grad-CAM layer (auto: the last convolutional map, bn2 on an EfficientNet)",
+    )
     g.add_argument("--rare-classes", default="DF,VASC,AKIEC", help="comma-separated class names")
     g.add_argument("--stage1-epochs", type=int, default=None, help="CE-only epochs (default 10)")
     g.add_argument("--tau", type=float, default=0.5, help="cap of the inner term (default 0.5)")
@@ -249,18 +253,6 @@ def build_model(settings: ModelSettings) -> nn.Module:
         if missing:
             raise ValueError(f"--weights {report.path} lacks {missing[:5]}")
     return model
-
-
-def cam_target_layer(model: nn.Module, name: str) -> str:
-    """The Grad-CAM layer of ``--target-layer``: ``auto`` is the library's default
-    (:func:`attnblocks.gradcam.default_target_layer`, the last feature stage), except on a timm
-    EfficientNet, whose last convolution map is ``bn2`` (after ``conv_head``), past the last
-    feature stage ``blocks.6``."""
-    if name != "auto":
-        return name
-    if hasattr(model, "conv_head") and hasattr(model, "bn2"):
-        return "bn2"
-    return ab.gradcam.default_target_layer(model)
 
 
 class CareSchedule:
@@ -493,7 +485,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data.transform = (train_transform if split == "train" else eval_transform)(size, mean, std)
     if dist_info.is_main:
         print(f"{arch_line}; input {describe_normalization(mean, std)} (its pretrained_cfg)")
-    layer = cam_target_layer(model, args.target_layer)
+    # auto: the library's choice, the last convolutional map (bn2 on an EfficientNet, layer4 on a ResNet)
+    layer = args.target_layer
+    if layer == "auto":
+        layer = ab.gradcam.default_target_layer(model)
     train_loader = train_loader_for(sets["train"], args, dist_info.enabled)
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.workers}
     eval_loader = {s: shard_loader(sets[s], dist_info, **loader_kw) for s in ("val", "test")}

@@ -2,7 +2,7 @@
 
 The network comes from a run folder of ``isic2017_arl.py``, ``isic2017_attnmel.py`` or
 ``isic2018_care.py`` (its ``config.json`` and ``checkpoints/best.pt``, or ``last.pt`` where the run
-wrote no ``best.pt``) or from an ONNX file that ``--export-onnx`` wrote (the file carries the
+wrote no ``best.pt``, or the one ``--checkpoint`` names; the weight average where the run kept one) or from an ONNX file that ``--export-onnx`` wrote (the file carries the
 run's preprocessing and output columns). Each image gets the run's test-time views: ARL's 9 views
 (probabilities averaged), AttnMel's centre crop, CARE's resize; the scores are those the training
 script writes into its own ``predictions.csv`` for the same images.
@@ -176,7 +176,9 @@ def build_model(config: dict[str, Any], p: dict[str, Any]) -> nn.Module:
     return care.build_model(care.ModelSettings(s["arch"], len(care.CLASSES), weights="none"))
 
 
-def load_run(run: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def load_run(
+    run: Path, checkpoint: str | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """``(model in eval mode, profile, config)`` of a run folder."""
     if not run.is_dir():
         raise UserError(f"--run {run} is not a folder")
@@ -188,7 +190,13 @@ def load_run(run: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         profile = profile_from_config(config, run)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"{cfg_path} is not a training run's config.json: {err!r}") from err
-    ckpt = run / "checkpoints" / profile["checkpoint"]  # the one the run tested
+    if checkpoint not in (None, "best", "last"):
+        raise UserError(f"--checkpoint must be best or last, got {checkpoint!r}")
+    if checkpoint is not None:
+        profile["checkpoint"] = f"{checkpoint}.pt"
+    ckpt = run / "checkpoints" / profile["checkpoint"]  # default: the one the run tested
+    if checkpoint is not None and not ckpt.is_file():
+        raise UserError(f"--checkpoint {checkpoint}: {run} has no checkpoints/{ckpt.name}")
     if not ckpt.is_file():  # a run without a best epoch (CARE without stage 2) tested last.pt
         ckpt = run / "checkpoints" / "last.pt"
         if not ckpt.is_file():
@@ -196,7 +204,8 @@ def load_run(run: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         print(f"{run}: no best.pt, using {ckpt.name}", file=sys.stderr)
     model = build_model(config, profile)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
-    state = saved["model"]
+    # the run validated and tested the weight average when it kept one (--recipe timm's EMA)
+    state = saved["ema"] if saved.get("ema") else saved["model"]
     if profile["script"] == "isic2017_attnmel":  # the script trains WithAttention(net): "net."
         state = {k.removeprefix("net."): v for k, v in state.items()}
     try:
@@ -408,9 +417,9 @@ def overlay_maps(model: Any, x: torch.Tensor, p: dict[str, Any], maps: list[torc
         return out
     with torch.no_grad():
         cls = model(x).argmax(1)
-    from examples.isic2018_care import cam_target_layer
-
-    layer = p.get("target_layer") or cam_target_layer(model, "auto")  # the run's Grad-CAM layer
+    layer = p.get("target_layer") or ab.gradcam.default_target_layer(
+        model
+    )  # the run's Grad-CAM layer
     cam, _ = ab.grad_cam(model, x, layer, cls)
     return {"Grad-CAM": cam.detach().float().clamp(0, 1)}
 
@@ -473,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("network (one of)")
     src.add_argument("--run", type=Path, help="a training run folder (config.json, checkpoints/)")
     src.add_argument("--onnx", type=Path, help="an ONNX file written by --export-onnx")
+    p.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="with --run: the weights of checkpoints/best.pt or last.pt (default: those "
+                   "the run tested; the EMA weights where the run kept an average)")  # fmt: skip
     data = p.add_argument_group("images (one of)")
     data.add_argument("--images", type=Path, help="a folder of images (.jpg, .png)")
     data.add_argument(
@@ -534,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except OSError as err:
                 raise UserError(f"cannot write {target}: {err.strerror or err}") from err
     if args.run is not None:
-        model, profile, _ = load_run(args.run)
+        model, profile, _ = load_run(args.run, args.checkpoint)
         model = model.to(device)
     else:
         model = OnnxModel(args.onnx, device)

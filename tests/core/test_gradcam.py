@@ -203,7 +203,14 @@ def test_bad_inputs() -> None:
 
 def test_default_target_layer() -> None:
     assert default_target_layer(timm.create_model("resnet18")) == "layer4"
-    assert default_target_layer(timm.create_model("efficientnet_lite0")) == "blocks.6"
+    lite0 = timm.create_model("efficientnet_lite0").eval()
+    assert default_target_layer(lite0) == "bn2"  # after conv_head: forward_features' map
+    x = torch.randn(1, 3, 64, 64)
+    with ab.gradcam.capture_activation(lite0.bn2) as store:
+        feats = lite0.forward_features(x)
+    assert torch.equal(store[0], feats) and feats.shape[1] == 1280
+    # MobileNetV3 applies its conv_head after pooling: its last map is the last stage
+    assert default_target_layer(timm.create_model("mobilenetv3_small_100")) == "blocks.5"
     with pytest.raises(ValueError, match="pass target_layer explicitly"):
         default_target_layer(TinyNet())
 

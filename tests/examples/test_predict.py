@@ -99,6 +99,34 @@ def test_run_folder_predictions_match_the_run_and_score(tiny_root, arl_run, tmp_
     assert _official_auc(truth, out, tmp_path) == pytest.approx(metrics["mean_auc"], abs=1e-6)
 
 
+def test_timm_recipe_run_predicts_with_its_tested_ema_weights(tiny_root, tmp_path):
+    """A --recipe timm run validates and tests the EMA weights: predict.py loads them too (from the
+    tested checkpoint, or the one --checkpoint names)."""
+    import torch
+
+    from examples import isic2017_arl
+
+    run = tmp_path / "arl_timm"
+    args = [a if a != "0.01" else "0.05" for a in ARL_TINY]
+    args[args.index("--epochs") + 1] = "3"
+    isic2017_arl.main(["--data-root", str(tiny_root), "--out", str(run), "--recipe", "timm", *args])
+    out = tmp_path / "p.csv"
+    predict.main(["--run", str(run), "--data-root", str(tiny_root), "--out", str(out),
+                  "--no-progress"])  # fmt: skip
+    _assert_matches_run(out, run)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    model, profile, _ = predict.load_run(run, "last")
+    assert profile["source"].startswith(str(run / "checkpoints" / "last.pt"))
+    loaded = model.state_dict()
+    ema_gap = max((saved["ema"][k].float() - v.float()).abs().max().item()
+                  for k, v in saved["model"].items() if v.is_floating_point())  # fmt: skip
+    assert ema_gap > 1e-3  # after 3 epochs the average is not the last weights
+    assert all(torch.equal(loaded[k], v) for k, v in saved["ema"].items())
+    (run / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(predict.UserError, match="--checkpoint best: .* has no checkpoints/best.pt"):
+        predict.load_run(run, "best")
+
+
 def test_onnx_export_predictions_match_the_run(tiny_root, arl_run, arl_onnx, tmp_path):
     import onnx
 
