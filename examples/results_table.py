@@ -317,7 +317,8 @@ def _run_record(run: Path) -> dict[str, Any]:
     with open(log_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     wall = sum(float(r.get("epoch_s") or 0) for r in rows)
-    argv = config.get("environment", {}).get("argv") or []
+    # a resumed run records --resume; the experiment is the command without it
+    argv = [a for a in config.get("environment", {}).get("argv") or [] if a != "--resume"]
     return {
         "seed": int(config["settings"]["seed"]),
         "wall_s": round(wall, 1),

@@ -112,6 +112,7 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
             run.mkdir(parents=True)
             (run / "metrics.json").write_text(json.dumps(_metrics(mel, 0.9)))
             argv = ["examples/isic2017_attnmel.py", "--seed", str(seed), "--out", str(run)]
+            argv += ["--resume"] if seed == 0 else []  # resumed after a stop: the same experiment
             config = {"settings": {"seed": seed}, "environment": {"argv": argv}}
             (run / "config.json").write_text(json.dumps(config))
             with open(run / "log.csv", "w", newline="") as fh:
@@ -130,5 +131,6 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
     assert gates["runs"][1]["wall_s"] == pytest.approx(150.2, abs=0.06)
     assert gates["runs"][2]["metrics"]["melanoma"]["auc"] == 0.84
     assert gates["command"].startswith("python examples/isic2017_attnmel.py --seed 0")
+    assert "--resume" not in gates["command"]
     with pytest.raises(ValueError, match="no run folder matches"):
         rt.main(["collect", str(out), "--title", "T", "--variant", "x", str(tmp_path / "none*")])
