@@ -197,7 +197,8 @@ def test_errors(resnet18):
     with pytest.raises(
         TypeError, match="VGG has no residual block.*ConvMlp.*supported block types"
     ):
-        ab.ARLWrapper(timm.create_model("vgg11", num_classes=2))
+        # a narrow classifier MLP (the 4096-wide one is 120 M parameters to initialise)
+        ab.ARLWrapper(timm.create_model("vgg11", num_classes=2, mlp_ratio=1 / 64))
     with pytest.raises(TypeError, match="SelectiveKernelBasic"):
         ab.ARLWrapper(timm.create_model("skresnet18", num_classes=2))
     with pytest.raises(TypeError, match="expects an nn.Module, got str"):
