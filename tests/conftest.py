@@ -3,8 +3,19 @@ are plain modules in ``tests/_support``."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread, in this process and the ones it starts, unless ``OMP_NUM_THREADS`` says
+    otherwise: the tests' tensors are small, and on two shared cores a second OpenMP thread mostly
+    spins (without this the suite takes about twice the CPU time, and longer)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """The cases of ``test_merge_triton.py``, run in a process started with ``TRITON_INTERPRET=1``: the
 merge op's Triton (CUDA) kernels, run on the CPU by Triton's interpreter, against the merge computed
-in float64 from the same inputs."""
+in float64 from the same inputs. The default set runs a covering subset of each sweep (marked
+below), ``-m slow`` the rest."""
 
 from __future__ import annotations
 
@@ -105,32 +106,64 @@ def _case(shape, code, dtype, channels_last, f_mode, s_mode, *, relu=True, drop=
     return y
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("norm", ["spatial", "sigmoid", "channel"])
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+NORMS = ["spatial", "sigmoid", "channel"]
+SLOW = pytest.mark.slow  # the rest of a sweep; the default set keeps a covering subset
+
+
+def _sweep(**axes):
+    """Every combination of ``axes`` (name -> values); those outside ``keep`` are slow."""
+    names, keep = list(axes), axes.pop("keep")
+    names.remove("keep")
+    combos = [()]
+    for name in names:
+        combos = [(*c, v) for c in combos for v in axes[name]]
+    return [pytest.param(*c, marks=() if keep(*c) else SLOW) for c in combos]
+
+
+@pytest.mark.parametrize(
+    ("norm", "channels_last", "dtype"),
+    # the default set: each normalization with each dtype, and every (normalization, layout) and
+    # (dtype, layout) pair at least once
+    _sweep(
+        norm=NORMS, channels_last=[False, True], dtype=DTYPES,
+        keep=lambda n, cl, d: cl == bool((NORMS.index(n) + DTYPES.index(d)) % 2),
+    ),
+    ids=lambda v: str(v) if not isinstance(v, bool) else ("channels_last" if v else "nchw"),
+)  # fmt: skip
 def test_triton_matches_float64(norm, channels_last, dtype):
     """Train-mode branch norm with an eval-mode shortcut norm, drop path, ReLU; 5 channels leave
     partial channel blocks in the channels_last and channel-softmax tiles."""
     _case((2, 5, 5, 7), CODES[norm], dtype, channels_last, 2, 1, drop=True)
 
 
+MODES = {"none-none-identity": (0, 0, False), "eval-train": (1, 2, True),
+         "train-none": (2, 0, True), "none-train-identity": (0, 2, False)}  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("f_mode", "s_mode", "relu"),
-    [(0, 0, False), (1, 2, True), (2, 0, True), (0, 2, False)],
-    ids=["none-none-identity", "eval-train", "train-none", "none-train-identity"],
+    ("norm", "modes"),
+    # the default set: each mode pair once, the two normalizations taking turns
+    _sweep(
+        norm=["spatial", "channel"],
+        modes=list(MODES),
+        keep=lambda n, m: (n == "spatial") == (list(MODES).index(m) % 2 == 0),
+    ),  # fmt: skip
 )
-@pytest.mark.parametrize("norm", ["spatial", "channel"])
-def test_triton_norm_modes_and_activations(norm, f_mode, s_mode, relu):
+def test_triton_norm_modes_and_activations(norm, modes):
+    f_mode, s_mode, relu = MODES[modes]
     _case((2, 6, 4, 5), CODES[norm], torch.float32, False, f_mode, s_mode, relu=relu, seed=1)
 
 
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
     [((1, 3, 1, 1), False),
-     # a second in the interpreter; 97x131 covers planes of several (and a partial last) tiles
-     pytest.param((1, 2, 112, 112), False, marks=pytest.mark.slow),
-     ((1, 2, 97, 131), False), ((1, 70, 13, 11), True), ((2, 3, 1, 9), True)],
-    ids=["1x1", "112x112", "97x131", "70ch-channels-last", "1x9-channels-last"],
+     # a second or two each in the interpreter: 37x41 covers NCHW planes of two tiles of 1024
+     # (the second partial), 70 channels channels_last planes of several tiles
+     pytest.param((1, 2, 112, 112), False, marks=SLOW),
+     pytest.param((1, 2, 97, 131), False, marks=SLOW),
+     ((1, 2, 37, 41), False), ((1, 70, 13, 11), True), ((2, 3, 1, 9), True)],
+    ids=["1x1", "112x112", "97x131", "37x41", "70ch-channels-last", "1x9-channels-last"],
 )  # fmt: skip
 def test_triton_plane_sizes_and_batch_one(shape, channels_last):
     mode = 2 if shape[0] * shape[2] * shape[3] > 1 else 1
@@ -144,8 +177,12 @@ def test_triton_large_magnitudes(norm):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("norm", ["spatial", "sigmoid", "channel"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    ("channels_last", "norm"),
+    # the default set: each normalization once, both layouts
+    _sweep(channels_last=[False, True], norm=NORMS, keep=lambda cl, n: cl == (n == "sigmoid")),
+    ids=lambda v: str(v) if not isinstance(v, bool) else ("channels_last" if v else "nchw"),
+)
 def test_triton_alpha_zero_is_the_plain_epilogue_exactly(norm, channels_last):
     """alpha = 0: relu(F + s) with F and s the norms' float32 affine maps, bit for bit; the
     attention term contributes nothing to the gradients either."""

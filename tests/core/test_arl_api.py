@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 import attnblocks as ab
@@ -147,15 +148,17 @@ def test_checkpoint_errors(tmp_path):
     arl = ab.ARLWrapper(timm.create_model("resnet18", num_classes=2))
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         ab.load_checkpoint(arl, tmp_path / "nothere.pth")
-    other = timm.create_model("resnet34", num_classes=2)
+    # small stand-ins: a ResNet-18 with a third layer1 block (as ResNet-34), and a one-block-per-
+    # stage bottleneck ResNet twice as wide (as Wide ResNet-50-2 against ResNet-50)
+    other = ResNet(BasicBlock, [3, 2, 2, 2], num_classes=2)
     torch.save(other.state_dict(), tmp_path / "r34.pth")
     with pytest.raises(ValueError, match="does not match ARLResNet.*unexpected.*layer1.2"):
         ab.load_checkpoint(arl, tmp_path / "r34.pth")
     report = ab.load_checkpoint(arl, tmp_path / "r34.pth", strict=False)
     assert "layer1.2.conv1.weight" in report.unexpected
-    wide = timm.create_model("wide_resnet50_2", num_classes=2)
+    wide = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=2, base_width=128)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
-    narrow = ab.ARLWrapper(timm.create_model("resnet50", num_classes=2))
+    narrow = ab.ARLWrapper(ResNet(Bottleneck, [1, 1, 1, 1], num_classes=2))
     with pytest.raises(ValueError, match="shape mismatch.*layer1.0.conv1.weight"):
         ab.load_checkpoint(narrow, tmp_path / "wide.pth")
     # strict=False skips the tensors of another shape, loads the rest and reports both
@@ -194,7 +197,8 @@ def test_errors(resnet18):
     with pytest.raises(
         TypeError, match="VGG has no residual block.*ConvMlp.*supported block types"
     ):
-        ab.ARLWrapper(timm.create_model("vgg11", num_classes=2))
+        # a narrow classifier MLP (the 4096-wide one is 120 M parameters to initialise)
+        ab.ARLWrapper(timm.create_model("vgg11", num_classes=2, mlp_ratio=1 / 64))
     with pytest.raises(TypeError, match="SelectiveKernelBasic"):
         ab.ARLWrapper(timm.create_model("skresnet18", num_classes=2))
     with pytest.raises(TypeError, match="expects an nn.Module, got str"):

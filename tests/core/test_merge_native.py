@@ -7,6 +7,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,41 @@ _LOAD = (
 )
 
 
+_STUB = "int ab_abi_version(void) { return %d; }\n"
+_FAKE_CXX = """#!/bin/sh
+# a stand-in compiler: answers --version, waits $FAKE_CXX_SECONDS, then writes a stub library to -o
+[ "$1" = --version ] && { echo "fake c++ 1.0"; exit 0; }
+while [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done
+sleep "${FAKE_CXX_SECONDS:-0}"
+cp %s "$out"
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_cxx(tmp_path_factory) -> str:
+    """A stand-in compiler that copies a stub library (``ab_abi_version`` only, built once here):
+    the tests of the cache, the private folder, kills and concurrent builds exercise the build
+    logic without compiling the kernels each time (one real build runs in the test below)."""
+    from attnblocks.merge import build
+
+    folder = tmp_path_factory.mktemp("fake_cxx")
+    (folder / "stub.c").write_text(_STUB % build.ABI)
+    stub = folder / "stub.so"
+    try:
+        cc = build._compiler()
+    except build.BuildError as exc:
+        pytest.skip(str(exc))
+    done = subprocess.run(
+        [cc, "-x", "c", "-shared", "-fPIC", str(folder / "stub.c"), "-o", str(stub)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    script = folder / "c++"
+    script.write_text(_FAKE_CXX % stub)
+    script.chmod(0o755)
+    return str(script)
+
+
 def test_native_library_is_built_once_into_the_cache_dir_readable_by_all(tmp_path):
     first = _python(_LOAD, {"ATTNBLOCKS_CACHE_DIR": str(tmp_path)})
     assert first.returncode == 0, first.stderr
@@ -344,20 +380,21 @@ def test_native_library_is_built_once_into_the_cache_dir_readable_by_all(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [lib.name]  # no temporary left behind
 
 
-def test_native_unwritable_cache_dir_builds_into_a_private_folder(tmp_path):
+def test_native_unwritable_cache_dir_builds_into_a_private_folder(tmp_path, fake_cxx):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    done = _python(_LOAD, {"ATTNBLOCKS_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(tmp_path)})
+    env = {"ATTNBLOCKS_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(tmp_path), "CXX": fake_cxx}
+    done = _python(_LOAD, env)
     assert done.returncode == 0, done.stderr
     lib = Path(done.stdout.strip())
     assert lib.parent == tmp_path / f"attnblocks-{os.getuid()}"
 
 
-def test_native_build_killed_midway_leaves_nothing_behind(tmp_path):
+def test_native_build_killed_midway_leaves_nothing_behind(tmp_path, fake_cxx):
     """kill -9 while the compiler runs: the cache holds no partial library and no temporary, and
     the next build sweeps the killed build's folder and succeeds."""
     env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
-    env["PYTHONPATH"] = str(ROOT)
+    env.update(PYTHONPATH=str(ROOT), CXX=fake_cxx, FAKE_CXX_SECONDS="2")
     proc = subprocess.Popen([sys.executable, "-c", _LOAD], env=env, stderr=subprocess.PIPE)
     assert b"building" in proc.stderr.readline()  # the compiler is starting
     proc.kill()
@@ -365,7 +402,8 @@ def test_native_build_killed_midway_leaves_nothing_behind(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("attnblocks-build-")]
     assert not any((tmp_path / "cache").glob("*.so"))
     done = _python(
-        _LOAD, {"ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
+        _LOAD,
+        {"ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path), "CXX": fake_cxx},
     )
     assert done.returncode == 0, done.stderr
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so"]
@@ -378,9 +416,11 @@ def _orphan_compiler_running() -> bool:
     return done.returncode == 0
 
 
-def test_native_concurrent_first_builds_do_not_collide(tmp_path):
-    """Two processes (e.g. torchrun ranks) building into an empty cache at once both load a library."""
+def test_native_concurrent_first_builds_do_not_collide(tmp_path, fake_cxx):
+    """Two processes (e.g. torchrun ranks) building into an empty cache at once both load a library
+    (the compiler runs 0.5 s, so that both builds overlap)."""
     full_env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    full_env.update(CXX=fake_cxx, FAKE_CXX_SECONDS="0.5")
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _LOAD],
@@ -434,21 +474,54 @@ def test_compiler_is_cxx_when_set_and_never_replaced(tmp_path, monkeypatch):
         build._compiler()
 
 
+def test_native_without_a_compiler_logs_once_and_runs_eager_in_process(
+    tmp_path, monkeypatch, caplog
+):
+    """No compiler: one log record (no Python warning: warnings are errors here), the reason in
+    ``native.error()``, and the merge runs its eager kernels, forward and backward, twice."""
+    monkeypatch.setattr(native, "_tried", False)  # as in a fresh process: nothing tried yet
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("ATTNBLOCKS_CACHE_DIR", str(tmp_path / "cache"))
+    previous = set_merge_backend("native")
+    torch.manual_seed(0)
+    t, u = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, 4, 4)
+    bn = nn.BatchNorm2d(3)
+    try:
+        with warnings.catch_warnings(), caplog.at_level("INFO", logger="attnblocks.merge"):
+            warnings.simplefilter("error")
+            out = arl_merge_bn(t, bn, u, torch.tensor(0.5))
+            out.sum().backward()
+            again = arl_merge_bn(t, bn, u, torch.tensor(0.5))
+    finally:
+        set_merge_backend(previous)
+    f = bn(t)
+    ref = torch.relu(u + f + 0.5 * torch.softmax(f.flatten(2), -1).view_as(t) * u)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(again, out) and t.grad is not None
+    assert "no C++ compiler found" in native.error()
+    logged = [r.getMessage() for r in caplog.records if "kernels unavailable" in r.getMessage()]
+    assert len(logged) == 1 and "ATTNBLOCKS_MERGE_BACKEND=eager" in logged[0], logged
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+# ~8 s each (a fresh interpreter imports torch): the log line, the eager fallback and warnings as
+# errors are checked in-process above, the choice of compiler by test_compiler_is_cxx_...
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("cxx", "expect"),
-    [
-        ("", "no C++ compiler found"),
-        # ~8 s (a fresh interpreter imports torch): the choice of compiler is checked in-process
-        # above, the log line and the eager fallback by the case without a compiler
-        pytest.param("/nonexistent/g++", "CXX='/nonexistent/g++' is not", marks=pytest.mark.slow),
-    ],
+    [("", "no C++ compiler found"), ("/nonexistent/g++", "CXX='/nonexistent/g++' is not")],
     ids=["no-compiler", "explicit-CXX-missing"],
 )
 def test_native_without_a_compiler_logs_once_and_runs_eager_even_under_W_error(
     tmp_path, cxx, expect
 ):
     """No compiler (or an explicit CXX that does not exist, which is reported, never replaced by
-    another compiler): one log line, and the merge runs its eager kernels, also under -W error."""
+    another compiler), in a fresh interpreter under -W error: one log line on stderr, and the merge
+    runs its eager kernels."""
     empty = tmp_path / "bin"
     empty.mkdir()
     env = {**os.environ, "ATTNBLOCKS_CACHE_DIR": str(tmp_path / "cache"), "CXX": cxx}
