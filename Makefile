@@ -5,6 +5,9 @@ PY         := $(VENV)/bin/python
 # Torch wheels known to work; override e.g. `make test TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pytest workers of make test / test-all (one per core; each runs torch with one thread, see
+# tests/conftest.py); whole files go to one worker, so module fixtures are built once
+PYTEST_WORKERS ?= auto
 
 .PHONY: help install demo quickstart test test-all lint format bench bench-gpu wheel clean
 
@@ -40,10 +43,10 @@ format: install
 	$(PY) -m ruff check --fix attnblocks examples benchmarks tests
 
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: install
-	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m benchmarks.memory --quick
