@@ -60,9 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for name in ("image_size", "batch_size", "bootstrap"):
+    for name in ("image_size", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.bootstrap < 2:  # checked before the features are extracted, not after
+        raise ValueError(f"--bootstrap needs at least 2 resamples, got {args.bootstrap}")
     if not args.c > 0:
         raise ValueError(f"--c must be > 0, got {args.c}")
     return args
@@ -123,7 +125,7 @@ def probe(
             score = clf.predict_proba(test[point])[:, 1]
             rows[task] = {
                 "auc": float(roc_auc_score(y_test[:, k], score)),
-                "auc_ci95": bootstrap_auc_ci(y_test[:, k], score, n_boot, seed),
+                "auc_ci": bootstrap_auc_ci(y_test[:, k], score, n_boot, seed),
             }
         out[point] = rows
     return out
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for point in FEATURES:
         parts = [
             f"{task} AUC {metrics[point][task]['auc']:.3f} "
-            f"[{metrics[point][task]['auc_ci95'][0]:.3f}, {metrics[point][task]['auc_ci95'][1]:.3f}]"
+            f"[{metrics[point][task]['auc_ci'][0]:.3f}, {metrics[point][task]['auc_ci'][1]:.3f}]"
             for task in TASKS
         ]
         print(f"{point} ({metrics[point]['width']} features): " + "; ".join(parts))

@@ -53,7 +53,7 @@ def test_probe_scores_separable_features_perfectly() -> None:
     for point in ("head", "stage"):
         assert out[point]["width"] == 5
         for task in linear_probe.TASKS:
-            assert out[point][task]["auc"] == 1.0 and out[point][task]["auc_ci95"] == [1.0, 1.0]
+            assert out[point][task]["auc"] == 1.0 and out[point][task]["auc_ci"] == [1.0, 1.0]
 
 
 def test_cli_on_the_mini_isic2017(tmp_path, one_thread) -> None:
@@ -67,5 +67,7 @@ def test_cli_on_the_mini_isic2017(tmp_path, one_thread) -> None:
     assert saved == json.loads(json.dumps(metrics))
     assert (saved["n_train"], saved["n_test"]) == (30, 15)
     assert 0 <= saved["head"]["melanoma"]["auc"] <= 1 and saved["stage"]["width"] == 320
+    with pytest.raises(ValueError, match="--bootstrap needs at least 2 resamples, got 1"):
+        linear_probe.parse_args([*argv[:-2], "--bootstrap", "1"])
     with pytest.raises(ValueError, match="--weights .*: no such file"):
         linear_probe.main([*argv[:2], "--weights", str(tmp_path / "none.pth"), *argv[4:]])
