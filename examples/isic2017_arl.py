@@ -11,6 +11,8 @@ per image per epoch, 9 test views averaged, best epoch by validation AUC (early 
     python examples/isic2017_arl.py                                    # synthetic demo, ~2 min CPU
     python examples/isic2017_arl.py --data-root ISIC2017 --weights resnet50.pth
     python examples/isic2017_arl.py --data-root ISIC2017 --arch arl_cnn14 --no-arl  # ResNet-14
+    python examples/isic2017_arl.py --data-root ISIC2017 --arch efficientnet_lite0 \
+        --weights efficientnet-lite0.pth --recipe timm       # any timm model, ARL-converted
     torchrun --nproc_per_node 4 examples/isic2017_arl.py --data-root ISIC2017 --weights r50.pth
 
 Writes into ``--out``: config.json, log.csv, tb/, checkpoints/{last,best}.pt, metrics.json (Table III
@@ -84,6 +86,9 @@ QUICK = {
     "limit": 60,
 }
 ARCH_LR = {"arl_cnn50": 1e-4, "arl_cnn14": 1e-2}
+# any other --arch is a timm model converted with ARLWrapper: fine-tuned (--weights/--pretrained)
+# at ARL-CNN50's lr, from scratch at ARL-CNN14's
+FINE_TUNED, FROM_SCRATCH = "arl_cnn50", "arl_cnn14"
 # the timm recipe: AdamW fine-tuning of ARL-CNN50 / from scratch for ARL-CNN14; one patch per image
 # per epoch (an epoch is then one pass over the training images)
 TIMM_ARCH_LR = {"arl_cnn50": 3e-4, "arl_cnn14": 1e-3}
@@ -101,12 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ARL")
     g.add_argument(
         "--arch",
-        choices=sorted(ARCH_LR),
         default=None,
-        help="arl_cnn50 (fine-tuned, default) or arl_cnn14 (from scratch); quick: arl_cnn14",
+        help="arl_cnn50 (fine-tuned, default), arl_cnn14 (from scratch), or any timm model name "
+        "(e.g. efficientnet_lite0, resnet18): its residual blocks converted with ARLWrapper; "
+        "quick: arl_cnn14",
     )
     g.add_argument(
-        "--no-arl", action="store_true", help="the plain ResNet baseline (same training)"
+        "--no-arl", action="store_true", help="the plain network baseline (same training)"
     )
     g.add_argument(
         "--normalization",
@@ -121,11 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="one binary task, or both (one 3-class network scored on both tasks)",
     )
-    g.add_argument("--weights", type=Path, default=None, help="ResNet-50 checkpoint (arl_cnn50)")
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local checkpoint: ResNet-50 (arl_cnn50) or the timm --arch (timm or "
+        "EfficientNet-PyTorch layout; a TensorFlow port selects the tf_ variant)",
+    )
     g.add_argument(
         "--pretrained",
         action="store_true",
-        help="download timm's ImageNet ResNet-50 (needs network access)",
+        help="download timm's ImageNet weights of --arch (needs network access)",
     )
     g.add_argument(
         "--patches-per-image",
@@ -213,6 +225,8 @@ def build_model(settings: ModelSettings) -> nn.Module:
     """ARL-CNN14/50 (:func:`attnblocks.arl_cnn14` / :func:`attnblocks.arl_cnn50`) or, without
     ``arl``, the plain ResNet-14/50 of the same initialisation."""
     s = settings
+    if s.arch not in ARCH_LR:
+        return build_timm_model(s)
     if s.arch == "arl_cnn14":
         if s.weights is not None or s.pretrained:
             raise ValueError(
@@ -240,6 +254,36 @@ def build_model(settings: ModelSettings) -> nn.Module:
     if load_report is not None:
         logging.info("loaded %s: %s", s.weights, load_report)
     return model
+
+
+def build_timm_model(settings: ModelSettings) -> nn.Module:
+    """Any timm ``arch`` (its ``tf_`` variant for a checkpoint ported from TensorFlow) with
+    ``weights`` loaded, converted with :class:`attnblocks.ARLWrapper` unless ``arl`` is off; the
+    plain and the ARL network start from the same weights."""
+    s = settings
+    if s.weights is not None and s.pretrained:
+        raise ValueError("pass either --weights PATH or --pretrained, not both")
+    arch, line = weights.resolve_architecture(s.arch, s.weights, "--arch")
+    if not timm.is_model(arch):
+        raise ValueError(f"--arch {s.arch}: not arl_cnn50, arl_cnn14 or a timm model name")
+    logging.info(line)
+    model = timm.create_model(arch, pretrained=s.pretrained, num_classes=s.num_classes)
+    if s.weights is not None:
+        logging.info("loaded %s: %s", s.weights, ab.load_backbone_weights(model, s.weights))
+    elif not s.pretrained:
+        logging.warning("--arch %s without --weights/--pretrained trains from scratch", arch)
+    if not s.arl:
+        return model
+    return ab.ARLWrapper(model, s.normalization, s.alpha_init, inplace=True)
+
+
+def default_lr(args: argparse.Namespace) -> float:
+    """``--lr`` when not given: per named architecture and recipe; a timm ``--arch`` takes the
+    fine-tuning lr with weights, the from-scratch lr without."""
+    table = TIMM_ARCH_LR if args.recipe == "timm" else ARCH_LR
+    if args.arch in table:
+        return table[args.arch]
+    return table[FINE_TUNED if args.weights is not None or args.pretrained else FROM_SCRATCH]
 
 
 def alpha_columns(model: nn.Module) -> dict[str, float]:
@@ -332,7 +376,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         paper = {**paper, **TIMM_PROFILE, "lr": None}  # the lr depends on --arch (below)
     cli.resolve_profile(args, paper, quick, use_quick=args.quick or args.data_root is None)
     if args.lr is None:
-        args.lr = (TIMM_ARCH_LR if args.recipe == "timm" else ARCH_LR)[args.arch]
+        args.lr = default_lr(args)
     cli.check_common_args(args)
     cli.check_numbers(
         args,
@@ -395,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         datasets={k: v.summary() for k, v in splits.items()},
                         world_size=dist_info.world_size,
                         input_normalization={"mean": mean, "std": std})  # fmt: skip
-        print(f"{SCRIPT}: {args.arch}{' (plain ResNet)' if args.no_arl else ''}, task {args.task}, "
+        print(f"{SCRIPT}: {args.arch}{' (plain)' if args.no_arl else ''}, task {args.task}, "
               f"{len(train)} train / {len(val)} val / {len(test)} test images"
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)

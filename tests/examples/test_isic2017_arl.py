@@ -225,3 +225,57 @@ def test_script_under_torchrun_two_processes(tiny_root: Path, tmp_path: Path) ->
     assert [p["image_id"] for p in preds] == ISIC2017Dataset(tiny_root, "test", task="both").ids
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
+
+
+def test_any_timm_arch_from_a_tensorflow_port(tmp_path: Path) -> None:
+    """``--arch efficientnet_lite0 --weights <EfficientNet-PyTorch .pth>`` builds the ``tf_``
+    variant, carries every backbone tensor over, and the ARL and plain networks start equal."""
+    timm = pytest.importorskip("timm")
+    from tests._support.weights import to_efficientnet_pytorch
+
+    torch.manual_seed(1)
+    source = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    path = tmp_path / "lite0.pth"
+    torch.save(to_efficientnet_pytorch(source), path)
+    args = arl.build_parser().parse_args(["--arch", "efficientnet_lite0", "--weights", str(path)])
+    args.recipe = "timm"
+    assert arl.default_lr(args) == arl.TIMM_ARCH_LR["arl_cnn50"]  # fine-tuning lr
+    args.recipe = "paper"
+    assert arl.default_lr(args) == arl.ARCH_LR["arl_cnn50"]
+    torch.manual_seed(0)
+    with_arl = arl.build_model(arl.ModelSettings.from_args(args))
+    args.no_arl = True
+    torch.manual_seed(0)
+    plain = arl.build_model(arl.ModelSettings.from_args(args))
+    assert plain.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
+    assert plain.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+    expected = source.state_dict()
+    for k, v in plain.state_dict().items():
+        if not k.startswith("classifier."):
+            assert torch.equal(v, expected[k]), k
+    assert plain.get_classifier().out_features == 3
+    sd = with_arl.state_dict()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    alphas = sorted(set(sd) - set(plain.state_dict()))
+    assert len(alphas) == 9 and all(k.endswith(".alpha") for k in alphas)  # Lite0's 9 skip blocks
+    assert len(arl.alpha_columns(with_arl)) == 9
+    x = torch.randn(2, 3, 64, 64)
+    with_arl.eval(), plain.eval()
+    with torch.no_grad():  # alpha = 1e-3: the ARL network starts next to the plain one
+        torch.testing.assert_close(with_arl(x), plain(x), atol=0.05, rtol=0)
+
+
+@pytest.mark.usefixtures("unrendered_plots")  # checks logs and metrics, not the plots
+def test_timm_arch_run_logs_alphas(tiny_root: Path, tmp_path: Path) -> None:
+    tiny = [a if a != "arl_cnn14" else "resnet10t" for a in TINY]
+    arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "r"), "--epochs", "1", *tiny])
+    header = _read_csv(tmp_path / "r" / "log.csv")[0]
+    assert [k for k in header if k.startswith("alpha/")] == [
+        f"alpha/layer{i}.0" for i in range(1, 5)
+    ]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["settings"]["arch"] == "resnet10t"
+    with pytest.raises(ValueError, match="--arch no_such_net: not arl_cnn50, arl_cnn14 or a timm"):
+        arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "x"),
+                  *[a if a != "arl_cnn14" else "no_such_net" for a in TINY]])  # fmt: skip
