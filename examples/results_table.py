@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import glob
 import json
 import math
@@ -142,6 +143,15 @@ def load_group(path: str | Path) -> dict[str, Any]:
                     raise ValueError(
                         f"{where} ({name}) seed {r['seed']}: metric {metric!r} not in its metrics"
                     ) from None
+            last = r.get("last_epoch", {})
+            if not (
+                isinstance(last, dict)
+                and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in last.values()
+                )
+            ):
+                raise ValueError(f"{where} ({name}) seed {r['seed']}: last_epoch must map log "
+                                 "columns to numbers")  # fmt: skip
     for pair in group.setdefault("comparisons", []):
         if not (isinstance(pair, list) and len(pair) == 2 and set(pair) <= names):
             raise ValueError(
@@ -203,6 +213,23 @@ def comparison_rows(group: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _last_epoch_table(group: Mapping[str, Any]) -> list[str]:
+    """Mean ± sd over seeds of the ``last_epoch`` log columns, one row per column and variant."""
+    with_cols = [v for v in group["variants"] if any("last_epoch" in r for r in v["runs"])]
+    if not with_cols:
+        return []
+    columns = sorted({k for v in with_cols for r in v["runs"] for k in r.get("last_epoch", {})})
+    head = ["log column (last epoch)", *(v["name"] for v in with_cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for col in columns:
+        cells = [f"`{col}`"]
+        for v in with_cols:
+            values = [r["last_epoch"][col] for r in v["runs"] if col in r.get("last_epoch", {})]
+            cells.append(_mean_sd(values) if values else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", "Mean ± sample standard deviation over seeds, after the last epoch.", ""]
+
+
 def render_markdown(group: Mapping[str, Any], figure: str | None = None) -> str:
     """The markdown of one group: summary, per-seed, comparison tables, commands, figure."""
     metrics = group["metrics"]
@@ -243,6 +270,7 @@ def render_markdown(group: Mapping[str, Any], figure: str | None = None) -> str:
             )
         lines += ["", "Two-sided t-tests: paired over the seeds both variants ran, and Student's "
                   "two-sample test (pooled variance).", ""]  # fmt: skip
+    lines += _last_epoch_table(group)
     total = sum(r["wall_s"] for v in group["variants"] for r in v["runs"])
     lines += [f"Compute: {sum(len(v['runs']) for v in group['variants'])} runs, "
               f"{_duration(total)} in all.", "", "Commands (one per variant; `--seed` varies):",
@@ -305,7 +333,7 @@ def render(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> li
 # --- collecting runs ----------------------------------------------------------------------------
 
 
-def _run_record(run: Path) -> dict[str, Any]:
+def _run_record(run: Path, log_columns: Sequence[str] = ()) -> dict[str, Any]:
     metrics_path, config_path, log_path = (
         run / n for n in ("metrics.json", "config.json", "log.csv")
     )
@@ -319,13 +347,20 @@ def _run_record(run: Path) -> dict[str, Any]:
     wall = sum(float(r.get("epoch_s") or 0) for r in rows)
     # a resumed run records --resume; the experiment is the command without it
     argv = [a for a in config.get("environment", {}).get("argv") or [] if a != "--resume"]
-    return {
+    record = {
         "seed": int(config["settings"]["seed"]),
         "wall_s": round(wall, 1),
         "out": str(run),
         "command": "python " + " ".join(shlex.quote(a) for a in argv) if argv else "",
         "metrics": metrics,
     }
+    if log_columns:
+        last = rows[-1] if rows else {}
+        picked = {k: float(v) for k, v in last.items()
+                  if v not in (None, "") and any(fnmatch.fnmatchcase(k, c) for c in log_columns)}  # fmt: skip
+        if picked:
+            record["last_epoch"] = picked
+    return record
 
 
 def collect(
@@ -337,8 +372,13 @@ def collect(
     comparisons: Sequence[tuple[str, str]] = (),
     data: str = "",
     differs: str = "",
+    log_columns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build a group file from finished run folders: ``variants`` is ``[(name, glob), ...]``.
+
+    ``log_columns`` (shell patterns such as ``alpha/*``) keeps those columns of each run's last
+    ``log.csv`` row as ``runs[].last_epoch`` (the learned ARL scale gates, for example); a variant
+    whose runs have none of them (a plain baseline) keeps nothing.
 
     The wall time of a run is the sum of its epochs' ``epoch_s`` (``log.csv``); the command is the
     first run's ``argv`` (``config.json``).
@@ -348,11 +388,14 @@ def collect(
         runs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
         if not runs:
             raise ValueError(f"--variant {name}: no run folder matches {pattern!r}")
-        records = [_run_record(r) for r in runs]
+        records = [_run_record(r, log_columns) if log_columns else _run_record(r) for r in runs]
         command = records[0].pop("command")
         for r in records[1:]:
             r.pop("command")
         out_variants.append({"name": name, "command": command, "runs": records})
+    if log_columns and not any("last_epoch" in r for v in out_variants for r in v["runs"]):
+        raise ValueError(f"no run's log.csv has a column matching --log-columns "
+                         f"{' '.join(log_columns)}")  # fmt: skip
     group = {
         "schema": SCHEMA,
         "group": Path(path).stem,
@@ -382,13 +425,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     c.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"))
     c.add_argument("--data", default="", help="the data, in words")
     c.add_argument("--differs", default="", help="what differs from the papers' setting")
+    c.add_argument(
+        "--log-columns",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="log.csv columns to keep from each run's last epoch (e.g. 'alpha/*')",
+    )
     r = sub.add_parser("render", help="group JSON files -> <group>.md and <group>.png")
     r.add_argument("paths", nargs="+", type=Path)
     r.add_argument("--out-dir", type=Path, default=None, help="default: next to each file")
     args = p.parse_args(argv)
     if args.command == "collect":
         collect(args.path, args.variant, args.title, args.primary, args.metrics, args.compare,
-                args.data, args.differs)  # fmt: skip
+                args.data, args.differs, args.log_columns)  # fmt: skip
         print(f"wrote {args.path}")
         return [args.path]
     written = render(args.paths, args.out_dir)

@@ -134,3 +134,44 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
     assert "--resume" not in gates["command"]
     with pytest.raises(ValueError, match="no run folder matches"):
         rt.main(["collect", str(out), "--title", "T", "--variant", "x", str(tmp_path / "none*")])
+
+
+def test_collect_keeps_last_epoch_log_columns(tmp_path: Path) -> None:
+    """``--log-columns 'alpha/*'`` keeps the ARL scale gates of each run's last epoch; the plain
+    baseline (no such column) keeps none, and the rendered table averages them over seeds."""
+    alphas = {0: (0.001, -0.5), 1: (0.003, -0.7)}
+    for name in ("arl", "plain"):
+        for seed, (a1, a2) in alphas.items():
+            run = tmp_path / f"{name}-s{seed}"
+            run.mkdir()
+            (run / "metrics.json").write_text(json.dumps(_metrics(0.8 + seed / 100, 0.9)))
+            config = {"settings": {"seed": seed}, "environment": {"argv": ["x.py"]}}
+            (run / "config.json").write_text(json.dumps(config))
+            cols = ["epoch", "epoch_s"] + (
+                ["alpha/layer1.0", "alpha/layer4.0"] if name == "arl" else []
+            )
+            with open(run / "log.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(cols)
+                w.writerow([0, 10.0, 0.001, 0.001][: len(cols)])
+                w.writerow([1, 10.0, a1, a2][: len(cols)])
+    out = tmp_path / "arl.json"
+    base = ["collect", str(out), "--title", "T", "--variant", "arl", str(tmp_path / "arl-s*"),
+            "--variant", "plain", str(tmp_path / "plain-s*")]  # fmt: skip
+    rt.main([*base, "--log-columns", "alpha/*"])
+    group = rt.load_group(out)
+    arl, plain = group["variants"]
+    assert [r["last_epoch"] for r in arl["runs"]] == [
+        {"alpha/layer1.0": 0.001, "alpha/layer4.0": -0.5},
+        {"alpha/layer1.0": 0.003, "alpha/layer4.0": -0.7},
+    ]
+    assert all("last_epoch" not in r for r in plain["runs"])
+    text = rt.render_markdown(group)
+    assert "| `alpha/layer4.0` | -0.6000 ± 0.1414 |" in text
+    assert "| log column (last epoch) | arl |" in text
+    with pytest.raises(ValueError, match="no run's log.csv has a column matching"):
+        rt.main([*base, "--log-columns", "beta/*"])
+    group["variants"][0]["runs"][0]["last_epoch"] = {"alpha/layer1.0": "big"}
+    out.write_text(json.dumps(group))
+    with pytest.raises(ValueError, match="last_epoch must map log columns to numbers"):
+        rt.load_group(out)
