@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=0.1,
-        help="isic2016 has no validation split: hold out this fraction of train",
+        help="isic2016 has no validation split: hold out this fraction of train; isic2018: "
+        "the fraction of lesions in the lesion-grouped validation split",
     )
     g.add_argument("--limit", type=int, default=None, help="at most N images per split")
     g.add_argument(
@@ -203,6 +204,7 @@ def build_datasets(
         load["cache_dir"] = args.cache_dir or default_cache_dir() / "isic-resized"
     if args.dataset == "isic2018":
         load["split_file"] = Path(args.out) / "split.json"
+        load["val_fraction"] = args.val_fraction  # the lesion-grouped validation split
         load["split_mismatch"] = "error" if args.resume else "replace"
     train_tf = attnmel_train_transform(args.image_size, mean=mean, std=std)
     eval_tf = attnmel_eval_transform(args.image_size, mean=mean, std=std)

@@ -167,3 +167,26 @@ def test_real_isic2018_seven_classes(tmp_path: Path) -> None:
     assert_multiclass_metrics_agree(
         json.loads((out / "metrics.json").read_text()), columns, scores, truth
     )
+
+
+def test_isic2018_val_fraction_sets_the_lesion_split(tmp_path: Path) -> None:
+    """``--dataset isic2018 --val-fraction`` sizes the lesion-grouped validation split (it used
+    to be ignored there: the split always took the default 0.1)."""
+    from examples.isic.data.synthetic2018 import make_synthetic_isic2018
+    from examples.isic.train import DistInfo
+
+    root = make_synthetic_isic2018(tmp_path / "isic2018", n=80, size=32)
+    sizes = {}
+    for fraction in (0.1, 0.3):
+        out = tmp_path / f"run{fraction}"
+        out.mkdir()
+        args = attnmel.build_parser().parse_args(
+            ["--dataset", "isic2018", "--data-root", str(root), "--out", str(out),
+             "--val-fraction", str(fraction), "--image-size", "32", "--no-progress"]
+        )  # fmt: skip
+        splits = attnmel.build_datasets(args, root, DistInfo())
+        sizes[fraction] = {k: len(v) for k, v in splits.items()}
+        assert sum(sizes[fraction].values()) == 80
+        assert json.loads((out / "split.json").read_text())  # the split is recorded
+    assert sizes[0.3]["val"] > 1.8 * sizes[0.1]["val"]
+    assert abs(sizes[0.3]["val"] - 24) <= 6 and abs(sizes[0.1]["val"] - 8) <= 4
