@@ -99,6 +99,18 @@ def _require(obj: Mapping[str, Any], key: str, kind: type | tuple, where: str) -
     return obj[key]
 
 
+def _has_metric(metrics: Mapping[str, Any], name: str) -> bool:
+    try:
+        metric_value(metrics, name)
+    except KeyError:
+        return False
+    return True
+
+
+def _variant_has(variant: Mapping[str, Any], metric: str) -> bool:
+    return all(_has_metric(r["metrics"], metric) for r in variant["runs"])
+
+
 def load_group(path: str | Path) -> dict[str, Any]:
     """Read and check one group file; ``ValueError`` naming the file and what is wrong."""
     path = Path(path)
@@ -135,14 +147,18 @@ def load_group(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{where} ({name}): a seed is listed twice: {seeds}")
         for r in runs:
             _require(r, "wall_s", (int, float), f"{where} ({name}) seed {r['seed']}")
-            m = _require(r, "metrics", dict, f"{where} ({name}) seed {r['seed']}")
-            for metric in metrics:
-                try:
-                    metric_value(m, metric)
-                except KeyError:
-                    raise ValueError(
-                        f"{where} ({name}) seed {r['seed']}: metric {metric!r} not in its metrics"
-                    ) from None
+            _require(r, "metrics", dict, f"{where} ({name}) seed {r['seed']}")
+        for metric in metrics:
+            # a variant may lack a metric in every run (a GAP head has no gate Jaccard), never
+            # in some of them; the primary metric is everywhere
+            found = [_has_metric(r["metrics"], metric) for r in runs]
+            if all(found) or (not any(found) and metric != primary):
+                continue
+            r = runs[found.index(False)]
+            raise ValueError(
+                f"{where} ({name}) seed {r['seed']}: metric {metric!r} not in its metrics"
+            )
+        for r in runs:
             last = r.get("last_epoch", {})
             if not (
                 isinstance(last, dict)
@@ -190,6 +206,8 @@ def comparison_rows(group: Mapping[str, Any]) -> list[dict[str, Any]]:
     for a, b in group["comparisons"]:
         va, vb = by_name[a], by_name[b]
         for metric in group["metrics"]:
+            if not (_variant_has(va, metric) and _variant_has(vb, metric)):
+                continue
             xa = {r["seed"]: metric_value(r["metrics"], metric) for r in va["runs"]}
             xb = {r["seed"]: metric_value(r["metrics"], metric) for r in vb["runs"]}
             common = sorted(set(xa) & set(xb))
@@ -242,7 +260,8 @@ def render_markdown(group: Mapping[str, Any], figure: str | None = None) -> str:
     for v in group["variants"]:
         runs = v["runs"]
         cells = [v["name"], str(len(runs))]
-        cells += [_mean_sd([metric_value(r["metrics"], m) for r in runs]) for m in metrics]
+        cells += [_mean_sd([metric_value(r["metrics"], m) for r in runs])
+                  if _variant_has(v, m) else "–" for m in metrics]  # fmt: skip
         cells.append(_duration(float(np.mean([r["wall_s"] for r in runs]))))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sample standard deviation over seeds.", ""]
@@ -252,6 +271,9 @@ def render_markdown(group: Mapping[str, Any], figure: str | None = None) -> str:
         for r in sorted(v["runs"], key=lambda r: r["seed"]):
             cells = [v["name"], str(r["seed"])]
             for m in metrics:
+                if not _has_metric(r["metrics"], m):
+                    cells.append("–")
+                    continue
                 value = metric_value(r["metrics"], m)
                 ci = metric_ci(r["metrics"], m)
                 cells.append(f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))

@@ -175,3 +175,30 @@ def test_collect_keeps_last_epoch_log_columns(tmp_path: Path) -> None:
     out.write_text(json.dumps(group))
     with pytest.raises(ValueError, match="last_epoch must map log columns to numbers"):
         rt.load_group(out)
+
+
+def test_a_metric_one_variant_does_not_measure(tmp_path: Path) -> None:
+    """Gate Jaccard exists for the gated variant only: the GAP head shows "–" and no comparison
+    is made on it; a metric missing from one run of a variant (not all) stays an error."""
+    group = copy.deepcopy(_group())
+    group["metrics"].append("attention_jaccard.val.gate1")
+    for k, r in enumerate(group["variants"][0]["runs"]):
+        r["metrics"]["attention_jaccard"] = {"val": {"gate1": 0.1 * (k + 1), "images": 150}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(group))
+    loaded = rt.load_group(path)
+    text = rt.render_markdown(loaded)
+    assert "| gates | 3 | 0.8200 ± 0.0200 | 0.5200 ± 0.0200 | 0.2000 ± 0.1000 |" in text
+    assert "| gap | 3 | 0.7200 ± 0.0265 | 0.4200 ± 0.0265 | – |" in text
+    assert "| gap | 0 | 0.7000 [0.650, 0.740] | 0.4000 | – |" in text
+    assert [r["metric"] for r in rt.comparison_rows(loaded)] == group["metrics"][:2]
+    group["variants"][0]["runs"][1]["metrics"].pop("attention_jaccard")
+    path.write_text(json.dumps(group))
+    with pytest.raises(ValueError, match=r"\(gates\) seed 1: metric 'attention_jaccard.val.gate1'"):
+        rt.load_group(path)
+    group = copy.deepcopy(_group())
+    for r in group["variants"][1]["runs"]:
+        r["metrics"]["melanoma"].pop("auc")  # the primary metric: never optional
+    path.write_text(json.dumps(group))
+    with pytest.raises(ValueError, match=r"\(gap\) seed 0: metric 'melanoma.auc' not in"):
+        rt.load_group(path)
