@@ -402,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # the model first: the data is normalised as its weights' pretrained_cfg says
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
+    if args.arch not in ARCH_LR:  # config.json records the timm architecture built
+        args.arch, _ = weights.resolve_architecture(args.arch, args.weights, "--arch")
     with weights.reading_weights(args.weights):
         model = build_model(ModelSettings.from_args(args))
     mean, std = weights.input_normalization(model)

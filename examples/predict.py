@@ -80,6 +80,11 @@ def profile_from_config(config: dict[str, Any], run: Path) -> dict[str, Any]:
     else:
         raise KeyError(f"settings of none of {', '.join(SCRIPTS)}")
     p: dict[str, Any] = {"script": script, "image_size": int(s["image_size"])}
+    # the run's input normalisation (its model's pretrained_cfg); runs written before it was
+    # recorded all normalised with ImageNet's
+    norm = config.get("input_normalization") or {}
+    p["mean"] = [float(v) for v in norm.get("mean", IMAGENET_MEAN)]
+    p["std"] = [float(v) for v in norm.get("std", IMAGENET_STD)]
     p["load_size"] = s.get("load_size")
     if p["load_size"] is not None:  # the run read its images through this resized-image cache
         default = "isic2017-resized" if script == "isic2017_arl" else "isic-resized"
@@ -125,15 +130,25 @@ def build_transform(p: dict[str, Any]):
     from torchvision.transforms import v2
 
     size = p["image_size"]
+    mean, std = profile_mean_std(p)
+    norm = {"mean": mean, "std": std}
     if p["views"] == "arl9":
-        return arl_test_transform(size, p["test_views"], color_constancy=p["color_constancy"])
+        return arl_test_transform(
+            size, p["test_views"], color_constancy=p["color_constancy"], **norm
+        )
     if p["views"] == "attnmel":
-        return attnmel_eval_transform(size)
+        return attnmel_eval_transform(size, **norm)
     return v2.Compose([
         v2.Resize(care_input_size(size), antialias=True),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(norm["mean"], norm["std"]),
     ])  # fmt: skip
+
+
+def profile_mean_std(p: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The profile's input mean/std (ImageNet's for an ONNX file exported before they were
+    recorded)."""
+    return list(p.get("mean", IMAGENET_MEAN)), list(p.get("std", IMAGENET_STD))
 
 
 def scores_from_probs(probs: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -157,8 +172,9 @@ def build_model(config: dict[str, Any], p: dict[str, Any]) -> nn.Module:
         nc = p["num_classes"]
         if s["arch"] == "arl_cnn14":
             plain = ab.resnet14(nc)
-        else:
-            plain = timm.create_model("resnet50", num_classes=nc)
+        else:  # arl_cnn50 is a ResNet-50; any other --arch is the timm model of that name
+            plain = timm.create_model("resnet50" if s["arch"] == "arl_cnn50" else s["arch"],
+                                      num_classes=nc)  # fmt: skip
         if s.get("no_arl"):
             return plain
         return ab.ARLWrapper(plain, normalization=s["normalization"], alpha_init=s["alpha_init"])
@@ -425,14 +441,14 @@ def overlay_maps(model: Any, x: torch.Tensor, p: dict[str, Any], maps: list[torc
 
 
 def save_overlays(out_dir: Path, ids: list[str], x: torch.Tensor, maps: dict[str, torch.Tensor],
-                  scores: np.ndarray, columns: list[str]) -> None:  # fmt: skip
+                  scores: np.ndarray, p: dict[str, Any]) -> None:  # fmt: skip
     from examples.isic.eval.plots import denormalize
     from examples.isic.eval.plots import save_overlays as save_grid
 
-    images = denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    images = denormalize(x, *profile_mean_std(p))
     for k, image_id in enumerate(ids):
         title = f"{image_id}\n" + " ".join(
-            f"{c} {v:.2f}" for c, v in zip(columns, scores[k], strict=True)
+            f"{c} {v:.2f}" for c, v in zip(p["columns"], scores[k], strict=True)
         )
         save_grid(images[k : k + 1], {n: m[k : k + 1].cpu() for n, m in maps.items()},
                   out_dir / f"{image_id}.png", [title])  # fmt: skip
@@ -466,7 +482,7 @@ def run_predictions(model: Any, loader: DataLoader, p: dict[str, Any], device: t
             maps0 = [m.reshape(n, views, *m.shape[1:])[:, 0] for m in maps]
             shown = overlay_maps(model, first, p, maps0, names)
             scores = scores_from_probs(prob.cpu().double().numpy(), p)
-            save_overlays(overlays, batch["id"], first.cpu(), shown, scores, p["columns"])
+            save_overlays(overlays, batch["id"], first.cpu(), shown, scores, p)
     table = torch.cat(probs).double().numpy() if probs else np.zeros((0, p["num_classes"]))
     return ids, table, bad
 

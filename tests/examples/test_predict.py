@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from examples import predict
-from examples.isic import make_synthetic_isic2017
+from examples.isic import IMAGENET_MEAN, IMAGENET_STD, make_synthetic_isic2017
 from tests._support.data import ROOT, shared_subset
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:isic_challenge_scoring.*")
@@ -134,6 +134,7 @@ def test_onnx_export_predictions_match_the_run(tiny_root, arl_run, arl_onnx, tmp
     assert [o.name for o in model.graph.output] == ["logits", "attention.layer4.0"]
     profile = json.loads({m.key: m.value for m in model.metadata_props}[predict.METADATA_KEY])
     assert profile["views"] == "arl9" and profile["columns"] == ["melanoma", "seborrheic_keratosis"]
+    assert profile["mean"] == list(IMAGENET_MEAN) and profile["std"] == list(IMAGENET_STD)
     out = tmp_path / "onnx.csv"
     predict.main(["--onnx", str(arl_onnx), "--data-root", str(tiny_root), "--out", str(out),
                   "--no-progress", "--overlays"])  # fmt: skip
@@ -296,3 +297,25 @@ def test_arl_run_on_real_isic2017_mini_matches_the_run(tmp_path):
     _, run_ids, run_scores = _read(run / "predictions.csv")  # the run scored a --limit subset
     assert set(run_ids) <= set(ids)
     assert np.abs(scores[[ids.index(i) for i in run_ids]] - run_scores).max() <= TOL
+
+
+def test_timm_arl_run_with_its_own_normalization(tiny_root, tmp_path):
+    """A run whose model normalises otherwise than ImageNet (``tf_efficientnet_lite0``: mean = std
+    = 0.5, recorded as ``input_normalization`` in config.json) predicts the run's own scores, from
+    the run folder (predict.py used to apply ImageNet mean/std; an ONNX export carries the
+    profile's mean/std, see test_onnx_export_predictions_match_the_run)."""
+    from examples import isic2017_arl
+
+    run = tmp_path / "lite0"
+    args = [a if a != "arl_cnn14" else "tf_efficientnet_lite0" for a in ARL_TINY]
+    isic2017_arl.main(["--data-root", str(tiny_root), "--out", str(run), *args])
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert config["settings"]["arch"] == "tf_efficientnet_lite0"
+    out = tmp_path / "p.csv"
+    predict.main(["--run", str(run), "--data-root", str(tiny_root), "--out", str(out),
+                  "--no-progress"])  # fmt: skip
+    _assert_matches_run(out, run)
+    model, profile, _ = predict.load_run(run)
+    assert profile["mean"] == [0.5] * 3 and profile["std"] == [0.5] * 3
+    assert len(model.alphas()) == 9
