@@ -272,6 +272,8 @@ def build_timm_model(settings: ModelSettings) -> nn.Module:
         logging.info("loaded %s: %s", s.weights, ab.load_backbone_weights(model, s.weights))
     elif not s.pretrained:
         logging.warning("--arch %s without --weights/--pretrained trains from scratch", arch)
+    if s.weights is not None or s.pretrained:  # fine-tuning: the new head starts small
+        logging.info(weights.init_new_classifier(model))
     if not s.arl:
         return model
     return ab.ARLWrapper(model, s.normalization, s.alpha_init, inplace=True)

@@ -71,6 +71,7 @@ from examples.isic.train import Trainer, read_checkpoint, recipes, shard_loader
 from examples.isic.train.checkpointing import config_differences
 from examples.isic.weights import (
     describe_normalization,
+    init_new_classifier,
     input_normalization,
     reading_weights,
     resolve_architecture,
@@ -242,8 +243,9 @@ class ModelSettings:
 
 def build_model(settings: ModelSettings) -> nn.Module:
     """The plain timm network (CARE adds nothing to it); local weights load through
-    :func:`attnblocks.load_backbone_weights` (timm or EfficientNet-PyTorch layout; the classifier
-    is re-initialised)."""
+    :func:`attnblocks.load_backbone_weights` (timm or EfficientNet-PyTorch layout); a fine-tuned
+    model's new classifier gets the fan-in initialisation
+    (:func:`examples.isic.weights.init_new_classifier`)."""
     s = settings
     model = timm.create_model(s.arch, pretrained=s.weights == "timm", num_classes=s.num_classes)
     if s.local_weights is not None:
@@ -252,6 +254,8 @@ def build_model(settings: ModelSettings) -> nn.Module:
         missing = [k for k in report.missing if not k.startswith(head)]
         if missing:
             raise ValueError(f"--weights {report.path} lacks {missing[:5]}")
+    if s.weights != "none":  # fine-tuning: the new head starts small (see init_new_classifier)
+        init_new_classifier(model)
     return model
 
 

@@ -254,6 +254,12 @@ def test_any_timm_arch_from_a_tensorflow_port(tmp_path: Path) -> None:
         if not k.startswith("classifier."):
             assert torch.equal(v, expected[k]), k
     assert plain.get_classifier().out_features == 3
+    # the new 3-class head: fan-in init (+-1/sqrt(1280)), not timm's +-1/sqrt(3) for EfficientNets
+    assert plain.get_classifier().weight.abs().max() <= 1280**-0.5
+    assert (
+        timm.create_model("tf_efficientnet_lite0", num_classes=3).classifier.weight.abs().max()
+        > 0.3
+    )
     sd = with_arl.state_dict()
     for k, v in plain.state_dict().items():
         assert torch.equal(v, sd[k]), k

@@ -191,3 +191,26 @@ def test_care_schedule_switches_the_term_on_in_stage_2(capsys: pytest.CaptureFix
     assert schedule.epoch == 3 and "rare recall DF 1.000" in capsys.readouterr().out
     baseline = script.CareSchedule(care, stage1_epochs=0, use_care=False, rare=[5], verbose=False)
     assert (baseline.stage, care.enabled) == (2, False)
+
+
+def test_fine_tuned_head_starts_small(tmp_path: Path) -> None:
+    """With local ImageNet-style weights the 7-class head gets the fan-in initialisation, not
+    timm's +-1/sqrt(7) for EfficientNets; the backbone keeps every loaded tensor."""
+    import timm
+    import torch
+
+    from examples import isic2018_care as care
+    from tests._support.weights import to_efficientnet_pytorch
+
+    torch.manual_seed(0)
+    source = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    path = tmp_path / "lite0.pth"
+    torch.save(to_efficientnet_pytorch(source), path)
+    model = care.build_model(care.ModelSettings("tf_efficientnet_lite0", weights=str(path)))
+    assert model.classifier.weight.abs().max() <= 1280**-0.5
+    expected = source.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.startswith("classifier."):
+            assert torch.equal(v, expected[k]), k
+    scratch = care.build_model(care.ModelSettings("tf_efficientnet_lite0"))
+    assert scratch.classifier.weight.abs().max() > 0.3  # from scratch: timm's own init
