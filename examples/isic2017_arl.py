@@ -257,16 +257,15 @@ def build_model(settings: ModelSettings) -> nn.Module:
 
 
 def build_timm_model(settings: ModelSettings) -> nn.Module:
-    """Any timm ``arch`` (its ``tf_`` variant for a checkpoint ported from TensorFlow) with
-    ``weights`` loaded, converted with :class:`attnblocks.ARLWrapper` unless ``arl`` is off; the
-    plain and the ARL network start from the same weights."""
+    """The timm model ``arch`` (already resolved by :func:`resolve_timm_arch`) with ``weights``
+    loaded, converted with :class:`attnblocks.ARLWrapper` unless ``arl`` is off; the plain and the
+    ARL network start from the same weights."""
     s = settings
     if s.weights is not None and s.pretrained:
         raise ValueError("pass either --weights PATH or --pretrained, not both")
-    arch, line = weights.resolve_architecture(s.arch, s.weights, "--arch")
+    arch = s.arch
     if not timm.is_model(arch):
-        raise ValueError(f"--arch {s.arch}: not arl_cnn50, arl_cnn14 or a timm model name")
-    logging.info(line)
+        raise ValueError(f"--arch {arch}: not arl_cnn50, arl_cnn14 or a timm model name")
     model = timm.create_model(arch, pretrained=s.pretrained, num_classes=s.num_classes)
     if s.weights is not None:
         logging.info("loaded %s: %s", s.weights, ab.load_backbone_weights(model, s.weights))
@@ -277,6 +276,16 @@ def build_timm_model(settings: ModelSettings) -> nn.Module:
     if not s.arl:
         return model
     return ab.ARLWrapper(model, s.normalization, s.alpha_init, inplace=True)
+
+
+def resolve_timm_arch(args: argparse.Namespace) -> str | None:
+    """Replace a timm ``--arch`` by the architecture its ``--weights`` need (the ``tf_`` variant
+    for a TensorFlow port), so that config.json records what was built; returns the log line
+    (``None`` for arl_cnn14/arl_cnn50)."""
+    if args.arch in ARCH_LR:
+        return None
+    args.arch, line = weights.resolve_architecture(args.arch, args.weights, "--arch")
+    return line
 
 
 def default_lr(args: argparse.Namespace) -> float:
@@ -404,8 +413,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # the model first: the data is normalised as its weights' pretrained_cfg says
     torch.manual_seed(args.seed)  # the same initial weights for ARL and the plain baseline
-    if args.arch not in ARCH_LR:  # config.json records the timm architecture built
-        args.arch, _ = weights.resolve_architecture(args.arch, args.weights, "--arch")
+    arch_line = resolve_timm_arch(args)
+    if arch_line is not None and dist_info.is_main:
+        logging.info(arch_line)
     with weights.reading_weights(args.weights):
         model = build_model(ModelSettings.from_args(args))
     mean, std = weights.input_normalization(model)

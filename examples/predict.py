@@ -131,17 +131,16 @@ def build_transform(p: dict[str, Any]):
 
     size = p["image_size"]
     mean, std = profile_mean_std(p)
-    norm = {"mean": mean, "std": std}
     if p["views"] == "arl9":
         return arl_test_transform(
-            size, p["test_views"], color_constancy=p["color_constancy"], **norm
+            size, p["test_views"], color_constancy=p["color_constancy"], mean=mean, std=std
         )
     if p["views"] == "attnmel":
-        return attnmel_eval_transform(size, **norm)
+        return attnmel_eval_transform(size, mean=mean, std=std)
     return v2.Compose([
         v2.Resize(care_input_size(size), antialias=True),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(norm["mean"], norm["std"]),
+        v2.Normalize(mean, std),
     ])  # fmt: skip
 
 

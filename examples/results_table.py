@@ -410,7 +410,7 @@ def collect(
         runs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
         if not runs:
             raise ValueError(f"--variant {name}: no run folder matches {pattern!r}")
-        records = [_run_record(r, log_columns) if log_columns else _run_record(r) for r in runs]
+        records = [_run_record(r, log_columns) for r in runs]
         command = records[0].pop("command")
         for r in records[1:]:
             r.pop("command")

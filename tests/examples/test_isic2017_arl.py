@@ -238,6 +238,11 @@ def test_any_timm_arch_from_a_tensorflow_port(tmp_path: Path) -> None:
     path = tmp_path / "lite0.pth"
     torch.save(to_efficientnet_pytorch(source), path)
     args = arl.build_parser().parse_args(["--arch", "efficientnet_lite0", "--weights", str(path)])
+    assert (
+        "tf_efficientnet_lite0 (--arch efficientnet_lite0 with --weights"
+        in arl.resolve_timm_arch(args)
+    )
+    assert args.arch == "tf_efficientnet_lite0"
     args.recipe = "timm"
     assert arl.default_lr(args) == arl.TIMM_ARCH_LR["arl_cnn50"]  # fine-tuning lr
     args.recipe = "paper"
