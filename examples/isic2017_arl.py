@@ -458,14 +458,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
 
-    # evaluation on the test set with the best epoch's weights
-    best_epoch = trainer.load_best()
+    # evaluation on the test set with the weights of the best epoch (or the last: --select)
+    chosen = trainer.load_tested(args.select)
     preds = trainer.predict(test_loader, desc="test")
     tasks = isic2017_tasks(task)
     scores, truth = isic2017_scores(preds.probs, preds.targets, task)
     metrics = isic2017_metrics(
         truth, scores, tasks=tasks, bootstrap=args.bootstrap, seed=args.ci_seed
-    )
+    ) | {"epoch": chosen, "select": args.select}
 
     # outputs
     if dist_info.is_main:
@@ -477,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             plots.plot_alphas(history, figures / "alphas.png")
         figure = FigureSettings(args.cam_images, args.task, not args.no_arl, mean, std)
         cam_figure(trainer.module, test, device, figures / "cam.png", figure)
-        title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
+        title = f"test set ({len(test)} images), {report.epoch_title(chosen, args.select)}"
         print(report.format_table(metrics, tasks, title))
         print(f"metrics:     {out / 'metrics.json'}")
         print(f"predictions: {out / 'predictions.csv'}")

@@ -457,10 +457,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{' (synthetic default)' if synthetic else ''}, {args.epochs} epochs, out {out}")  # fmt: skip
     history = trainer.fit(train_loader, val_loader, args.epochs, resume=args.resume)
 
-    # evaluation on the test set with the best epoch's weights
-    best_epoch = trainer.load_best()
+    # evaluation on the test set with the weights of the best epoch (or the last: --select)
+    chosen = trainer.load_tested(args.select)
     preds = trainer.predict(test_loader, desc="test")
     metrics, scores, columns = score_test_set(preds, train, task, args)
+    metrics |= {"epoch": chosen, "select": args.select}
 
     # outputs
     if dist_info.is_main:
@@ -484,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             names = {0: "pool-3", 1: "pool-4"} if vgg else {}
             figure = FigureSettings(args.overlay_images, names, mean, std)
             attention_figure(net, test, device, figures / "attention.png", figure)
-        title = f"test set ({len(test)} images), best epoch {best_epoch} by validation AUC"
+        title = f"test set ({len(test)} images), {report.epoch_title(chosen, args.select)}"
         if multiclass:
             print(report.format_multiclass_table(metrics, title))
         else:

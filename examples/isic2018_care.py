@@ -116,8 +116,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--weight-decay", type=float, default=None, help="AdamW: 1e-4 (default), 0.05 (timm recipe)"
     )
-    g.add_argument("--select", choices=["best", "last"], default="best",
-                   help="test the best stage-2 checkpoint (val balanced accuracy) or the last")  # fmt: skip
     g.add_argument("--stage1-from", type=Path, default=None,
                    help="start stage 2 from the stage-1 state of another run folder "
                         "(same settings and seed; saves recomputing stage 1)")  # fmt: skip
@@ -547,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # evaluation on the test set (the best stage-2 epoch, or the last)
     has_best = (out / "checkpoints" / "best.pt").is_file()  # none when there is no stage 2
-    chosen = trainer.load_best() if args.select == "best" and has_best else args.epochs - 1
+    chosen = trainer.load_tested(args.select if has_best else "last")
     preds = trainer.predict(eval_loader["test"], desc="test")
     used_care = not args.no_care and args.epochs > args.stage1_epochs
     metrics = multiclass_metrics(
@@ -555,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     metrics |= {
         "epoch": chosen,
+        "select": args.select if has_best else "last",
         "care": used_care,
         "rare_classes": [CLASSES[c] for c in rare],
         "rare_attention": rare_attention(trainer.module, layer, sets["test"], rare, device),

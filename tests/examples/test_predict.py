@@ -100,8 +100,9 @@ def test_run_folder_predictions_match_the_run_and_score(tiny_root, arl_run, tmp_
 
 
 def test_timm_recipe_run_predicts_with_its_tested_ema_weights(tiny_root, tmp_path):
-    """A --recipe timm run validates and tests the EMA weights: predict.py loads them too (from the
-    tested checkpoint, or the one --checkpoint names)."""
+    """A --recipe timm --select last run validates and tests the EMA weights of its last epoch (not
+    those of its best one): predict.py loads them too (from the tested checkpoint, or the one
+    --checkpoint names)."""
     import torch
 
     from examples import isic2017_arl
@@ -109,7 +110,12 @@ def test_timm_recipe_run_predicts_with_its_tested_ema_weights(tiny_root, tmp_pat
     run = tmp_path / "arl_timm"
     args = [a if a != "0.01" else "0.05" for a in ARL_TINY]
     args[args.index("--epochs") + 1] = "3"
-    isic2017_arl.main(["--data-root", str(tiny_root), "--out", str(run), "--recipe", "timm", *args])
+    isic2017_arl.main(["--data-root", str(tiny_root), "--out", str(run), "--recipe", "timm",
+                       "--select", "last", *args])  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["epoch"], metrics["select"]) == (2, "last")
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] != 2  # so that testing the best epoch would not match the predictions
     out = tmp_path / "p.csv"
     predict.main(["--run", str(run), "--data-root", str(tiny_root), "--out", str(out),
                   "--no-progress"])  # fmt: skip

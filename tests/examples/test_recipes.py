@@ -259,3 +259,27 @@ def test_care_timm_recipe_keeps_two_stages(tmp_path: Path) -> None:
     assert last["ema"] is not None and last["scheduler"]["t_initial"] > 0
     with pytest.raises(ValueError, match="--stage1-from needs --recipe paper"):
         care.main([*argv, "--out", str(tmp_path / "s2"), "--stage1-from", str(out)])
+
+
+def test_trainer_tests_the_best_or_the_last_epoch(tmp_path: Path) -> None:
+    """--select: the best epoch's EMA weights, or the last epoch's (the end of the schedule)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    data = [{"image": torch.randn(4, 3, 2, 2), "label": torch.tensor([0, 1, 0, 1])}] * 3
+    scores = iter([0.9, 0.7, 0.8])  # epoch 0 is the best by validation
+    trainer = Trainer(
+        model, lambda b, o, m: nn.functional.cross_entropy(o, b["label"]),
+        torch.optim.SGD(model.parameters(), lr=0.5), tmp_path, torch.device("cpu"),
+        metric_fn=lambda p, t: {"mean_auc": next(scores)}, progress=False, ema_decay=0.9,
+    )  # fmt: skip
+    trainer.fit(data, data, 3)
+    saved = {n: torch.load(tmp_path / "checkpoints" / f"{n}.pt", weights_only=False)
+             for n in ("best", "last")}  # fmt: skip
+    assert (saved["best"]["epoch"], saved["last"]["epoch"]) == (0, 2)
+    assert not torch.equal(saved["best"]["ema"]["1.weight"], saved["last"]["ema"]["1.weight"])
+    assert trainer.load_tested("last") == 2
+    assert torch.equal(model[1].weight, saved["last"]["ema"]["1.weight"])
+    assert trainer.load_tested("best") == 0
+    assert torch.equal(model[1].weight, saved["best"]["ema"]["1.weight"])
+    with pytest.raises(ValueError, match="select must be 'best' or 'last', got 'first'"):
+        trainer.load_tested("first")

@@ -90,6 +90,14 @@ def add_common_args(parser: argparse.ArgumentParser, paper: Mapping[str, Any]) -
         "(default 2000; 0: no intervals)",
     )
     g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    g.add_argument(
+        "--select",
+        choices=["best", "last"],
+        default="best",
+        help="the epoch whose weights the test set, figures and predictions use: best by the "
+        "validation metric (the papers' protocol; default) or last, the end of a fixed schedule "
+        "(its EMA weights under --recipe timm), for a validation split too small to pick an epoch",
+    )
 
 
 def check_numbers(
@@ -167,7 +175,7 @@ ADDED_DEFAULTS: dict[str, Any] = {"recipe": "paper"}
 # common flags a resumed run may change: where it writes, how long it trains, how it reads the data
 # and how it reports (not what the network, the data or the optimisation are)
 MAY_CHANGE_ON_RESUME = frozenset({"epochs", "resume", "out", "workers", "device", "progress",
-                                  "data_root", "patience", "bootstrap", "ci_seed"})  # fmt: skip
+                                  "data_root", "patience", "bootstrap", "ci_seed", "select"})  # fmt: skip
 
 
 def resume_settings(

@@ -17,11 +17,18 @@ import numpy as np
 from .metrics import isic2017_metrics, isic2017_scores, isic2017_tasks
 
 __all__ = [
+    "epoch_title",
     "flatten_metrics",
     "format_multiclass_table",
     "format_table",
     "isic2017_metric_fn",
 ]
+
+
+def epoch_title(epoch: int, select: str) -> str:
+    """How a results table names the epoch it tested: ``best epoch 3 by validation AUC`` or
+    ``last epoch 7``."""
+    return f"best epoch {epoch} by validation AUC" if select == "best" else f"last epoch {epoch}"
 
 
 def isic2017_metric_fn(

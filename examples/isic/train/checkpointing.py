@@ -175,10 +175,21 @@ class CheckpointMixin:
         With an EMA, the model takes the EMA weights (those validated): the test set, figures and
         predictions then use them. Without ``best.pt`` the current EMA weights are taken.
         """
-        path = self.ckpt_dir / "best.pt"
+        return self.load_tested("best")
+
+    def load_tested(self, select: str = "best") -> int:
+        """Load the weights the test set uses: ``best.pt`` (``select="best"``) or ``last.pt``
+        (``"last"``: the end of the schedule); returns their epoch.
+
+        With an EMA, the model takes the EMA weights (those validated). When the checkpoint was
+        not written (no epoch improved, or none ran), the current weights (EMA ones) stay.
+        """
+        if select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+        path = self.ckpt_dir / f"{select}.pt"
         ema = getattr(self, "ema", None)
         if path.is_file():
-            state = read_checkpoint(path, "the best checkpoint")
+            state = read_checkpoint(path, f"the {select} checkpoint")
             weights = state["ema"] if ema is not None and state.get("ema") else state["model"]
             unwrap_model(self.module).load_state_dict(weights)
             if ema is not None:
