@@ -13,7 +13,17 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCS if d.exists()], ids=lambda p: p.name)
+# deploy.md's blocks export networks (torch.export, ONNX) for 15 s: tests/core/test_deploy.py
+# covers those calls in the fast suite, the snippets themselves run with the slow tests
+SLOW_DOCS = {"deploy.md"}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [pytest.param(d, marks=pytest.mark.slow) if d.name in SLOW_DOCS else d
+     for d in DOCS if d.exists()],
+    ids=lambda p: p.name,
+)  # fmt: skip
 def test_doc_snippets_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = BLOCK.findall(doc.read_text())
     if not blocks:
