@@ -232,9 +232,25 @@ def load_run(
     return model.eval(), profile, config
 
 
+def pads_from_input_size(model: nn.Module) -> bool:
+    """Whether ``model`` computes its padding from the input size at run time (timm's TensorFlow
+    'same' padding: ``Conv2dSame`` and the pooling ``*Same`` layers of ``tf_`` models)."""
+    from timm.layers import AvgPool2dSame, Conv2dSame, ScaledStdConv2dSame, StdConv2dSame
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    kinds = (Conv2dSame, StdConv2dSame, ScaledStdConv2dSame, AvgPool2dSame, MaxPool2dSame)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
 def export_onnx(model: nn.Module, profile: dict[str, Any], path: Path) -> Path:
     """The network (with its attention maps as extra outputs, if it has any) as an ONNX file whose
-    metadata holds ``profile``; dynamic batch, height and width."""
+    metadata holds ``profile``; dynamic batch, height and width.
+
+    A network that pads from the input size (:func:`pads_from_input_size`) is exported for the
+    run's input size only (dynamic batch): with a dynamic height and width the exporter's symbolic
+    shapes nest one ``ceil``/``max`` per such layer and its time grows exponentially with depth
+    (minutes for four layers; a TensorFlow-ported EfficientNet-Lite0 did not finish).
+    """
     import onnx
 
     if ab.attention_taps(model):
@@ -247,9 +263,15 @@ def export_onnx(model: nn.Module, profile: dict[str, Any], path: Path) -> Path:
     else:
         net, names = model, ["logits"]
     x = torch.zeros(2, 3, *input_hw(profile))
+    dims = {0: "batch"}
+    if pads_from_input_size(model):
+        print(f"{path}: the network pads from the input size (TensorFlow 'same' padding), so "
+              f"the file takes {x.shape[2]}x{x.shape[3]} images only", file=sys.stderr)  # fmt: skip
+    else:
+        dims |= {2: "height", 3: "width"}
     program = torch.onnx.export(
         net, (x,), dynamo=True, input_names=["image"], output_names=names, verbose=False,
-        dynamic_shapes={"x": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_shapes=(dims,),  # by position: forward(x) or forward(input)
     )  # fmt: skip
     with atomic_path(path) as tmp:
         program.save(str(tmp))

@@ -325,3 +325,31 @@ def test_timm_arl_run_with_its_own_normalization(tiny_root, tmp_path):
     model, profile, _ = predict.load_run(run)
     assert profile["mean"] == [0.5] * 3 and profile["std"] == [0.5] * 3
     assert len(model.alphas()) == 9
+
+
+def test_onnx_export_of_input_size_padding_is_for_the_run_size(tmp_path, capsys):
+    """TensorFlow 'same' padding (timm's Conv2dSame, tf_ models) is computed from the input size:
+    exported with a dynamic height and width, the exporter's time grows exponentially with the
+    number of such layers, so the file takes the run's input size (and any batch) instead."""
+    pytest.importorskip("onnxscript", reason="the ONNX exporter needs onnxscript (test extra)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test extra")
+    import onnx
+    import timm
+    import torch
+    from timm.layers import Conv2dSame
+    from torch import nn
+
+    assert predict.pads_from_input_size(timm.create_model("tf_efficientnet_lite0"))
+    assert not predict.pads_from_input_size(timm.create_model("efficientnet_lite0"))
+    torch.manual_seed(0)
+    layers = [m for k in range(3) for m in (Conv2dSame(3 if k == 0 else 4, 4, 3, 2), nn.ReLU())]
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    path = predict.export_onnx(net, {"image_size": 30, "views": "center"}, tmp_path / "same.onnx")
+    assert "takes 30x30 images only" in capsys.readouterr().err
+    shape = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert shape[0].dim_param and [d.dim_value for d in shape[1:]] == [3, 30, 30]
+    x = torch.randn(5, 3, 30, 30)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), rtol=1e-4, atol=1e-5)
