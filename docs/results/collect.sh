@@ -32,4 +32,23 @@ $PY examples/results_table.py collect docs/results/care-2018.json \
   --compare care no-care \
   --data "isic2018_200x150, lesion-grouped split (split seed 0 for every run): 7010/1001/2004 images, training on a random 2500 drawn with the run seed" \
   --differs "64x85 px input, 2 + 2 epochs (the paper: 10 + 10 at 224 px), a random 2500 of the 7010 training images, CPU"
+$PY examples/results_table.py collect docs/results/attnmel-8ep.json \
+  --title "AttnMel gates on ImageNet EfficientNet-Lite0: the best or the last epoch tested, 192 or 224 px; ISIC 2017 melanoma" \
+  --primary melanoma.auc \
+  --metrics melanoma.auc melanoma.ap melanoma.sensitivity_at_specificity.0.80 melanoma.sensitivity_at_specificity.0.90 \
+    melanoma.sensitivity_at_specificity.0.95 attention_jaccard.val.gate0 attention_jaccard.val.gate1 \
+  --variant gates-8ep-best "$R/attnmel_lite0_s?" --variant gates-8ep-last "$R/gates8_last_s?" \
+  --variant gates-224-8ep-last "$R/g224_last_s?" \
+  --compare gates-8ep-last gates-8ep-best --compare gates-224-8ep-last gates-8ep-last \
+  --compare gates-224-8ep-last gates-8ep-best \
+  --data "isic2017_256, official 2000/150/600 split, melanoma vs rest" \
+  --differs "192 or 224 px crops of 256 px squashed images, 8 epochs (the paper: 50), timm recipe (AdamW, cosine, EMA) instead of SGD, EfficientNet-Lite0 instead of VGG-16, CPU"
+$PY examples/results_table.py collect docs/results/arl-cnn14.json \
+  --title "ARL-CNN14 against ResNet-14 from scratch, ISIC 2017 both tasks" \
+  --primary mean_auc --metrics mean_auc melanoma.auc seborrheic_keratosis.auc \
+    melanoma.sensitivity_at_specificity.0.90 --log-columns 'alpha/*' \
+  --variant arl-cnn14 "$R/cnn14_arl_s?" --variant resnet14 "$R/cnn14_plain_s?" \
+  --compare arl-cnn14 resnet14 \
+  --data "isic2017_256, official 2000/150/600 split, one 3-class network scored on both tasks" \
+  --differs "ResNet-14 / ARL-CNN14 from scratch at 128 px patches, one patch per image per epoch (the paper: 60), 6 epochs (the paper: up to 100), CPU"
 $PY examples/results_table.py render docs/results/*.json

@@ -202,3 +202,18 @@ def test_a_metric_one_variant_does_not_measure(tmp_path: Path) -> None:
     path.write_text(json.dumps(group))
     with pytest.raises(ValueError, match=r"\(gap\) seed 0: metric 'melanoma.auc' not in"):
         rt.load_group(path)
+
+
+SHIPPED = sorted((Path(__file__).parents[2] / "docs" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_tables_are_generated_from_their_group_files(path: Path) -> None:
+    """docs/results/<group>.md is what `render` makes of <group>.json, and the summary table that
+    docs/results.md quotes is that file's, unedited."""
+    group = rt.load_group(path)
+    text = rt.render_markdown(group, f"{group['group']}.png")
+    assert path.with_suffix(".md").read_text() == text
+    summary = text.split("\n\n")[1 + sum(1 for k in ("data", "differs_from_paper") if group.get(k))]
+    assert summary.startswith("| variant | seeds |")
+    assert summary in (path.parents[1] / "results.md").read_text()
