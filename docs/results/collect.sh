@@ -11,7 +11,7 @@ $PY examples/results_table.py collect docs/results/attnmel-lite0.json \
   --metrics melanoma.auc melanoma.ap melanoma.sensitivity_at_specificity.0.80 melanoma.sensitivity_at_specificity.0.90 \
     melanoma.sensitivity_at_specificity.0.95 attention_jaccard.val.gate0 attention_jaccard.val.gate1 \
   --variant gates "$R/p3_gates_s*" --variant gap "$R/p3_gap_s*" --variant gates-roi "$R/p3_roi_s*" \
-  --variant gates-8ep "$R/attnmel_lite0_s?" \
+  --variant gates-8ep "$R/attnmel_lite0_s?" --variant gates-paper-sgd "$R/p3_paper_s?" \
   --compare gates gap --compare gates-roi gates --compare gates-roi gap --compare gates-8ep gates \
   --data "isic2017_256, official 2000/150/600 split, melanoma vs rest" \
   --differs "192 px crops of 256 px squashed images, 3 epochs (gates-8ep: 8; the paper: 50), timm recipe (AdamW, cosine, EMA) instead of SGD, EfficientNet-Lite0 instead of VGG-16, CPU"
