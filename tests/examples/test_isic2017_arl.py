@@ -61,7 +61,9 @@ def test_outputs_and_metrics_agree_with_predictions(tiny_root: Path, tiny_run) -
     # metrics.json is what the official truth and our predictions.csv give
     saved = json.loads((out / "metrics.json").read_text())
     assert set(saved) == {"melanoma", "seborrheic_keratosis", "mean_auc", "mean_auc_ci",
-                          "auc_ci_method"}  # fmt: skip
+                          "auc_ci_method", "epoch", "select"}  # fmt: skip
+    best = [int(r["epoch"]) for r in log if r["best"] == "True"][-1]  # the epoch tested
+    assert (saved["epoch"], saved["select"]) == (best, "best")
     assert saved["mean_auc"] == pytest.approx(metrics["mean_auc"])
     preds = _read_csv(out / "predictions.csv")
     truth = ISIC2017Dataset(tiny_root, "test", task="both")
@@ -180,7 +182,14 @@ def test_plain_baseline_starts_from_the_same_weights() -> None:
 def test_binary_task_and_bf16(tiny_root: Path, tmp_path: Path) -> None:
     metrics = arl.main(["--data-root", str(tiny_root), "--out", str(tmp_path / "m"), "--epochs", "1",
                         "--task", "melanoma", "--amp", "bf16", "--normalization", "sigmoid", *TINY])  # fmt: skip
-    assert set(metrics) == {"melanoma", "mean_auc", "mean_auc_ci", "auc_ci_method"}
+    assert set(metrics) == {
+        "melanoma",
+        "mean_auc",
+        "mean_auc_ci",
+        "auc_ci_method",
+        "epoch",
+        "select",
+    }
     assert metrics["mean_auc_ci"] == metrics["melanoma"]["auc_ci"]
     header = (tmp_path / "m" / "predictions.csv").read_text().splitlines()[0]
     assert header == "image_id,melanoma"
