@@ -125,7 +125,7 @@ def test_trainer_ema_is_validated_and_tested(tmp_path: Path) -> None:
     assert not torch.equal(live, ema)
     state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert torch.equal(state["ema"]["1.weight"], ema) and state["global_step"] == 3
-    trainer.load_best()  # the tested weights are the EMA's
+    assert trainer.load_tested() == 0  # best.pt's epoch; the tested weights are the EMA's
     assert torch.equal(model[1].weight, ema)
 
 

@@ -8,7 +8,7 @@ python, numpy, torch and CUDA RNG states, so that a resumed run replays exactly 
 uninterrupted one would.
 
 :class:`CheckpointMixin` gives :class:`~examples.isic.train.trainer.Trainer` its ``state_dict``,
-``check_config``, ``restore_training_state`` and ``load_best`` methods. (Loading a network's
+``check_config``, ``restore_training_state`` and ``load_tested`` methods. (Loading a network's
 *weights* only is :func:`attnblocks.load_checkpoint`.)
 """
 
@@ -168,14 +168,6 @@ class CheckpointMixin:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-
-    def load_best(self) -> int:
-        """Load ``best.pt`` (or keep the current weights when none was written); returns its epoch.
-
-        With an EMA, the model takes the EMA weights (those validated): the test set, figures and
-        predictions then use them. Without ``best.pt`` the current EMA weights are taken.
-        """
-        return self.load_tested("best")
 
     def load_tested(self, select: str = "best") -> int:
         """Load the weights the test set uses: ``best.pt`` (``select="best"``) or ``last.pt``

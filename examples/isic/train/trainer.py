@@ -58,7 +58,7 @@ class Trainer(CheckpointMixin):
     """Epoch loop with validation, logging, checkpoints, early stopping and resumption.
 
     Saving and resuming (``state_dict``, ``check_config``, ``restore_training_state`` and
-    ``load_best``) come from :class:`~examples.isic.train.checkpointing.CheckpointMixin`.
+    ``load_tested``) come from :class:`~examples.isic.train.checkpointing.CheckpointMixin`.
 
     Args:
         model: the network (on any device; moved to ``device``).
@@ -94,7 +94,7 @@ class Trainer(CheckpointMixin):
         ema_decay: keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``
             with its warm-up, decay capped at this value), updated after every optimizer step.
             The EMA weights are validated, saved (``ema`` in the checkpoints, so a resumed run
-            continues it exactly) and loaded by :meth:`load_best` for testing. None: no EMA.
+            continues it exactly) and loaded by :meth:`load_tested` for testing. None: no EMA.
     """
 
     def __init__(
